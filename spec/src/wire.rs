@@ -1,0 +1,486 @@
+//! virtio-tls wire definitions (device specification: `spec/virtio-tls.md`).
+//!
+//! Every multi-byte field is little-endian on the wire. Each message type is a
+//! `#[repr(C)]` struct whose fields are naturally aligned and free of padding,
+//! so its in-memory layout on a little-endian machine equals its wire layout;
+//! `encode`/`decode` convert explicitly so the code is correct on any host.
+//! Section numbers in comments refer to the specification.
+
+// ---------------------------------------------------------------------------
+// Device identity (spec 2.1)
+// ---------------------------------------------------------------------------
+
+/// Default virtio device id. The range 50..=63 is unassigned by OASIS and the
+/// Linux virtio-pci driver binds only ids below 64 (PCI ids 0x1040 + id), so
+/// the id is a parameter on both sides; this is the one documented default.
+pub const VIRTIO_ID_TLS_DEFAULT: u32 = 63;
+/// The PCI vendor id of every virtio device.
+pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
+/// PCI device id of a modern virtio device with the given virtio id.
+pub const fn virtio_pci_device_id(virtio_id: u32) -> u16 {
+    (0x1040 + virtio_id) as u16
+}
+
+// ---------------------------------------------------------------------------
+// Feature bits (spec 2.2)
+// ---------------------------------------------------------------------------
+
+/// The device connects to IPv6 destinations (`VIRTIO_TLS_AF_INET6`).
+pub const VIRTIO_TLS_F_IPV6: u32 = 0;
+/// The device resolves host names (`VIRTIO_TLS_AF_HOSTNAME` in CONNECT).
+pub const VIRTIO_TLS_F_HOSTNAME: u32 = 1;
+/// The device supports server sockets (BIND, LISTEN, ACCEPT).
+pub const VIRTIO_TLS_F_SERVER: u32 = 2;
+/// VIRTIO_F_VERSION_1: the device is a modern (virtio 1.x) device.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+// ---------------------------------------------------------------------------
+// Virtqueues (spec 2.3)
+// ---------------------------------------------------------------------------
+
+/// Control requests, driver to device.
+pub const CONTROLQ: u16 = 0;
+/// Asynchronous events, device to driver (driver posts writable buffers).
+pub const EVENTQ: u16 = 1;
+/// Upper bound on data queue pairs a device may offer.
+pub const MAX_QUEUE_PAIRS: u16 = 64;
+
+/// Index of the receive queue (device to driver) of data queue pair `pair`.
+pub const fn rx_queue(pair: u16) -> u16 {
+    2 + 2 * pair
+}
+/// Index of the transmit queue (driver to device) of data queue pair `pair`.
+pub const fn tx_queue(pair: u16) -> u16 {
+    3 + 2 * pair
+}
+/// Total number of virtqueues for `pairs` data queue pairs.
+pub const fn num_queues(pairs: u16) -> u16 {
+    2 + 2 * pairs
+}
+
+// ---------------------------------------------------------------------------
+// Encoding helpers
+// ---------------------------------------------------------------------------
+
+/// Declares a wire struct of integer fields: `#[repr(C)]`, with `SIZE`,
+/// `encode` and `decode`, and a compile-time check that it has no padding
+/// (so `SIZE` is also the wire size and field order is byte order).
+macro_rules! wire_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident : $ty:ident ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty ),*
+        }
+
+        const _: () = assert!(
+            0 $(+ core::mem::size_of::<$ty>())* == core::mem::size_of::<$name>(),
+            "wire structs must not contain padding"
+        );
+
+        impl $name {
+            /// Size of this message on the wire, in bytes.
+            pub const SIZE: usize = core::mem::size_of::<$name>();
+
+            /// The little-endian wire bytes of this message.
+            pub fn encode(&self) -> [u8; Self::SIZE] {
+                let mut out = [0u8; Self::SIZE];
+                let mut at = 0;
+                $(
+                    let bytes = self.$field.to_le_bytes();
+                    out[at..at + bytes.len()].copy_from_slice(&bytes);
+                    at += bytes.len();
+                )*
+                let _ = at;
+                out
+            }
+
+            /// Parses the first `SIZE` bytes; `None` when `bytes` is shorter.
+            pub fn decode(bytes: &[u8]) -> Option<Self> {
+                if bytes.len() < Self::SIZE {
+                    return None;
+                }
+                let mut at = 0;
+                $(
+                    let width = core::mem::size_of::<$ty>();
+                    let mut raw = [0u8; core::mem::size_of::<$ty>()];
+                    raw.copy_from_slice(&bytes[at..at + width]);
+                    let $field = $ty::from_le_bytes(raw);
+                    at += width;
+                )*
+                let _ = at;
+                Some(Self { $($field),* })
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Device configuration layout (spec 2.4)
+// ---------------------------------------------------------------------------
+
+wire_struct! {
+    /// Device configuration space (read-only for the driver).
+    pub struct VirtioTlsConfig {
+        /// Most sockets the driver may have open at once.
+        pub max_sockets: u32,
+        /// Per-socket receive buffer of the device (its `buf_alloc`), bytes.
+        pub socket_buf_size: u32,
+        /// Number of data queue pairs the device serves.
+        pub num_queue_pairs: u16,
+        /// Lowest TLS version the policy allows (`TLS_1_2` or `TLS_1_3`).
+        pub tls_version_min: u8,
+        /// Highest TLS version the policy allows.
+        pub tls_version_max: u8,
+        /// `VIRTIO_TLS_POLICY_*` bits: what the current policy permits.
+        pub policy_flags: u32,
+        /// Longest host name accepted in TLS_HOSTNAME and CONNECT, bytes.
+        pub max_hostname_len: u32,
+        pub reserved0: u32,
+        pub reserved1: u32,
+        pub reserved2: u32,
+    }
+}
+
+/// Policy allows outbound (client) connections.
+pub const VIRTIO_TLS_POLICY_CLIENT: u32 = 1 << 0;
+/// Policy allows listening sockets.
+pub const VIRTIO_TLS_POLICY_SERVER: u32 = 1 << 1;
+/// Policy allows guest-supplied certificates and keys.
+pub const VIRTIO_TLS_POLICY_APP_IDENTITY: u32 = 1 << 2;
+
+// ---------------------------------------------------------------------------
+// Control queue (spec 2.6)
+// ---------------------------------------------------------------------------
+
+/// CREATE: payload [`CreateRequest`]; response `socket_id` is the new socket.
+pub const VIRTIO_TLS_OP_CREATE: u16 = 1;
+/// CLOSE: payload [`CloseRequest`].
+pub const VIRTIO_TLS_OP_CLOSE: u16 = 2;
+/// SETOPT: payload [`SetOptRequest`] followed by the option value.
+pub const VIRTIO_TLS_OP_SETOPT: u16 = 3;
+/// GETOPT: payload [`GetOptRequest`]; the value follows the response.
+pub const VIRTIO_TLS_OP_GETOPT: u16 = 4;
+/// CONNECT: payload [`SockAddr`]; completes with a CONNECT_DONE event.
+pub const VIRTIO_TLS_OP_CONNECT: u16 = 5;
+/// SHUTDOWN: payload [`ShutdownRequest`].
+pub const VIRTIO_TLS_OP_SHUTDOWN: u16 = 6;
+/// BIND, LISTEN, ACCEPT: reserved for `VIRTIO_TLS_F_SERVER`.
+pub const VIRTIO_TLS_OP_BIND: u16 = 7;
+pub const VIRTIO_TLS_OP_LISTEN: u16 = 8;
+pub const VIRTIO_TLS_OP_ACCEPT: u16 = 9;
+
+wire_struct! {
+    /// Header of every control request (device-readable).
+    pub struct CtrlHeader {
+        /// `VIRTIO_TLS_OP_*`.
+        pub op: u16,
+        /// Must be zero.
+        pub flags: u16,
+        /// Socket the request is about; zero for CREATE.
+        pub socket_id: u32,
+        /// Driver's cookie, echoed in the response and in completion events.
+        pub request_id: u64,
+    }
+}
+
+wire_struct! {
+    /// Response to every control request (device-writable).
+    pub struct CtrlResponse {
+        /// Zero on success, otherwise a `VIRTIO_TLS_E*` error number.
+        pub status: u32,
+        /// The socket the request was about (CREATE: the new socket).
+        pub socket_id: u32,
+        /// Bytes of value following this header (GETOPT), else zero.
+        pub value_len: u32,
+        pub reserved: u32,
+    }
+}
+
+/// Address families of [`SockAddr`] and [`CreateRequest`].
+pub const VIRTIO_TLS_AF_INET: u16 = 1;
+pub const VIRTIO_TLS_AF_INET6: u16 = 2;
+pub const VIRTIO_TLS_AF_HOSTNAME: u16 = 3;
+
+wire_struct! {
+    /// CREATE payload.
+    pub struct CreateRequest {
+        /// The guest socket's family: `VIRTIO_TLS_AF_INET` or `_INET6`.
+        pub family: u16,
+        /// Data queue pair that carries this socket's data.
+        pub queue_pair: u16,
+        pub reserved: u32,
+    }
+}
+
+wire_struct! {
+    /// CLOSE payload.
+    pub struct CloseRequest {
+        /// Total payload bytes the driver queued on the transmit queue for
+        /// this socket before this request; the device sends all of them
+        /// before close_notify (spec 2.6.4).
+        pub tx_bytes: u64,
+    }
+}
+
+wire_struct! {
+    /// SETOPT payload header; `value` bytes follow it.
+    pub struct SetOptRequest {
+        /// `TLS_*` option number (level IPPROTO_TLS).
+        pub optname: u32,
+        /// Length of the value that follows.
+        pub value_len: u32,
+    }
+}
+
+wire_struct! {
+    /// GETOPT payload.
+    pub struct GetOptRequest {
+        /// `TLS_*` option number (level IPPROTO_TLS).
+        pub optname: u32,
+        /// Room the driver has for the value (bytes after the response).
+        pub max_len: u32,
+    }
+}
+
+/// SHUTDOWN `how` values (same meaning as `shutdown(2)`).
+pub const VIRTIO_TLS_SHUT_RD: u32 = 0;
+pub const VIRTIO_TLS_SHUT_WR: u32 = 1;
+pub const VIRTIO_TLS_SHUT_RDWR: u32 = 2;
+
+wire_struct! {
+    /// SHUTDOWN payload.
+    pub struct ShutdownRequest {
+        pub how: u32,
+        pub reserved: u32,
+        /// As [`CloseRequest::tx_bytes`]: close_notify follows these bytes.
+        pub tx_bytes: u64,
+    }
+}
+
+/// Size of [`SockAddr::addr`].
+pub const SOCKADDR_ADDR_LEN: usize = 128;
+/// Longest host name a [`SockAddr`] or TLS_HOSTNAME carries (SSA's
+/// `struct host_addr` has 120 bytes; one is the terminating NUL there).
+pub const MAX_HOSTNAME_LEN: usize = 119;
+
+/// A destination: CONNECT payload (spec 2.6.5).
+///
+/// `addr` holds 4 bytes (IPv4, network order), 16 bytes (IPv6, network
+/// order), or a host name (ASCII, NUL-terminated or filling the field up to
+/// `MAX_HOSTNAME_LEN`); unused bytes are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockAddr {
+    /// `VIRTIO_TLS_AF_*`.
+    pub family: u16,
+    /// Destination port.
+    pub port: u16,
+    /// IPv6 scope id; zero otherwise.
+    pub scope_id: u32,
+    pub addr: [u8; SOCKADDR_ADDR_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<SockAddr>() == 8 + SOCKADDR_ADDR_LEN);
+
+impl Default for SockAddr {
+    fn default() -> Self {
+        Self { family: 0, port: 0, scope_id: 0, addr: [0; SOCKADDR_ADDR_LEN] }
+    }
+}
+
+impl SockAddr {
+    pub const SIZE: usize = core::mem::size_of::<SockAddr>();
+
+    pub fn ipv4(octets: [u8; 4], port: u16) -> Self {
+        let mut addr = Self { family: VIRTIO_TLS_AF_INET, port, ..Self::default() };
+        addr.addr[..4].copy_from_slice(&octets);
+        addr
+    }
+
+    pub fn ipv6(octets: [u8; 16], port: u16, scope_id: u32) -> Self {
+        let mut addr = Self { family: VIRTIO_TLS_AF_INET6, port, scope_id, ..Self::default() };
+        addr.addr[..16].copy_from_slice(&octets);
+        addr
+    }
+
+    /// `None` when the name is empty or longer than `MAX_HOSTNAME_LEN`.
+    pub fn hostname(name: &[u8], port: u16) -> Option<Self> {
+        if name.is_empty() || name.len() > MAX_HOSTNAME_LEN {
+            return None;
+        }
+        let mut addr = Self { family: VIRTIO_TLS_AF_HOSTNAME, port, ..Self::default() };
+        addr.addr[..name.len()].copy_from_slice(name);
+        Some(addr)
+    }
+
+    /// The host name bytes of a `VIRTIO_TLS_AF_HOSTNAME` address, without
+    /// the terminating NUL; `None` for other families or when unterminated.
+    pub fn hostname_bytes(&self) -> Option<&[u8]> {
+        if self.family != VIRTIO_TLS_AF_HOSTNAME {
+            return None;
+        }
+        let len = self.addr.iter().position(|&b| b == 0).unwrap_or(SOCKADDR_ADDR_LEN);
+        (len <= MAX_HOSTNAME_LEN).then(|| &self.addr[..len])
+    }
+
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[0..2].copy_from_slice(&self.family.to_le_bytes());
+        out[2..4].copy_from_slice(&self.port.to_le_bytes());
+        out[4..8].copy_from_slice(&self.scope_id.to_le_bytes());
+        out[8..].copy_from_slice(&self.addr);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < Self::SIZE {
+            return None;
+        }
+        let mut addr = [0u8; SOCKADDR_ADDR_LEN];
+        addr.copy_from_slice(&bytes[8..Self::SIZE]);
+        Some(Self {
+            family: u16::from_le_bytes([bytes[0], bytes[1]]),
+            port: u16::from_le_bytes([bytes[2], bytes[3]]),
+            scope_id: u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+            addr,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Event queue (spec 2.7)
+// ---------------------------------------------------------------------------
+
+/// A CONNECT finished: `status` zero means the handshake completed.
+pub const VIRTIO_TLS_EVENT_CONNECT_DONE: u16 = 1;
+/// An established socket failed (peer reset, TLS alert, timeout); `status`
+/// says why. Data already delivered stays valid; no more data follows.
+pub const VIRTIO_TLS_EVENT_SOCKET_ERROR: u16 = 2;
+
+wire_struct! {
+    /// An asynchronous event (device-writable buffer on the event queue).
+    pub struct Event {
+        /// `VIRTIO_TLS_EVENT_*`.
+        pub event: u16,
+        pub reserved0: u16,
+        pub socket_id: u32,
+        /// `request_id` of the request this completes, else zero.
+        pub request_id: u64,
+        /// Zero or a `VIRTIO_TLS_E*` error number.
+        pub status: u32,
+        pub reserved1: u32,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Data queues (spec 2.8)
+// ---------------------------------------------------------------------------
+
+/// Payload bytes of the stream follow the header.
+pub const VIRTIO_TLS_DATA_OP_RW: u16 = 1;
+/// No payload: tells the peer new `buf_alloc`/`fwd_cnt`.
+pub const VIRTIO_TLS_DATA_OP_CREDIT_UPDATE: u16 = 2;
+/// No payload: asks the peer for a CREDIT_UPDATE.
+pub const VIRTIO_TLS_DATA_OP_CREDIT_REQUEST: u16 = 3;
+
+/// Receive direction only: the TLS peer ended its stream (close_notify or
+/// an orderly TCP close); no data follows for this socket.
+pub const VIRTIO_TLS_DATA_F_EOF: u16 = 1 << 0;
+
+wire_struct! {
+    /// Header of every data-queue buffer, in both directions.
+    pub struct DataHeader {
+        pub socket_id: u32,
+        /// `VIRTIO_TLS_DATA_OP_*`.
+        pub op: u16,
+        /// `VIRTIO_TLS_DATA_F_*`.
+        pub flags: u16,
+        /// Payload bytes following the header.
+        pub len: u32,
+        /// Sender's receive buffer for this socket, bytes.
+        pub buf_alloc: u32,
+        /// Bytes the sender has consumed from that buffer (wrapping).
+        pub fwd_cnt: u32,
+        pub reserved: u32,
+    }
+}
+
+/// Most payload bytes in one data-queue buffer.
+pub const MAX_DATA_PAYLOAD: u32 = 64 * 1024;
+
+// ---------------------------------------------------------------------------
+// Error numbers on the wire (spec 2.9): Linux's values, named here so that
+// no side depends on its host's errno numbering.
+// ---------------------------------------------------------------------------
+
+pub const VIRTIO_TLS_EPERM: u32 = 1;
+pub const VIRTIO_TLS_EBADF: u32 = 9;
+pub const VIRTIO_TLS_EAGAIN: u32 = 11;
+pub const VIRTIO_TLS_ENOMEM: u32 = 12;
+pub const VIRTIO_TLS_EACCES: u32 = 13;
+pub const VIRTIO_TLS_EFAULT: u32 = 14;
+pub const VIRTIO_TLS_EINVAL: u32 = 22;
+pub const VIRTIO_TLS_EMFILE: u32 = 24;
+pub const VIRTIO_TLS_EPIPE: u32 = 32;
+pub const VIRTIO_TLS_EPROTO: u32 = 71;
+pub const VIRTIO_TLS_ENOPROTOOPT: u32 = 92;
+pub const VIRTIO_TLS_EOPNOTSUPP: u32 = 95;
+pub const VIRTIO_TLS_EAFNOSUPPORT: u32 = 97;
+pub const VIRTIO_TLS_ENETUNREACH: u32 = 101;
+pub const VIRTIO_TLS_ECONNRESET: u32 = 104;
+pub const VIRTIO_TLS_ENOBUFS: u32 = 105;
+pub const VIRTIO_TLS_EISCONN: u32 = 106;
+pub const VIRTIO_TLS_ENOTCONN: u32 = 107;
+pub const VIRTIO_TLS_ETIMEDOUT: u32 = 110;
+pub const VIRTIO_TLS_ECONNREFUSED: u32 = 111;
+pub const VIRTIO_TLS_EHOSTUNREACH: u32 = 113;
+pub const VIRTIO_TLS_EALREADY: u32 = 114;
+
+// ---------------------------------------------------------------------------
+// Socket API numbers (SSA's in_tls.h; spec 2.10). Option values travel in
+// SETOPT/GETOPT unchanged except that integers are 4-byte little-endian.
+// ---------------------------------------------------------------------------
+
+/// `IPPROTO_TLS` (715 % 255).
+pub const IPPROTO_TLS: u32 = 205;
+/// `AF_HOSTNAME` for `struct sockaddr_host`.
+pub const AF_HOSTNAME: u32 = 43;
+
+pub const TLS_HOSTNAME: u32 = 85;
+/// Older SSA name of `TLS_HOSTNAME`.
+pub const TLS_REMOTE_HOSTNAME: u32 = 85;
+pub const TLS_TRUSTED_PEER_CERTIFICATES: u32 = 87;
+pub const TLS_CERTIFICATE_CHAIN: u32 = 88;
+pub const TLS_PRIVATE_KEY: u32 = 89;
+pub const TLS_ALPN: u32 = 90;
+pub const TLS_SESSION_TTL: u32 = 91;
+pub const TLS_DISABLE_CIPHER: u32 = 92;
+pub const TLS_PEER_IDENTITY: u32 = 93;
+pub const TLS_REQUEST_PEER_AUTH: u32 = 94;
+pub const TLS_PEER_CERTIFICATE_CHAIN: u32 = 95;
+pub const TLS_ID: u32 = 96;
+pub const TLS_TRUSTED_CIPHERS: u32 = 97;
+pub const TLS_CHOSEN_CIPHER: u32 = 98;
+pub const TLS_ERROR: u32 = 100;
+pub const TLS_REVOCATION_CHECKS: u32 = 102;
+pub const TLS_CONTEXT: u32 = 107;
+pub const TLS_SESSION_REUSE: u32 = 108;
+pub const TLS_RESUMED_SESSION: u32 = 109;
+pub const TLS_ENABLE_CIPHER: u32 = 110;
+pub const TLS_VERSION_MIN: u32 = 111;
+pub const TLS_VERSION_MAX: u32 = 112;
+pub const TLS_CHOSEN_VERSION: u32 = 113;
+
+/// Values of TLS_VERSION_MIN/MAX/CHOSEN_VERSION.
+pub const TLS_1_2: u32 = 2;
+pub const TLS_1_3: u32 = 3;
+
+/// Longest TLS_ERROR reason a device returns, bytes.
+pub const MAX_ERROR_LEN: usize = 255;
