@@ -215,7 +215,10 @@ wire_struct! {
         pub family: u16,
         /// Data queue pair that carries this socket's data.
         pub queue_pair: u16,
-        pub reserved: u32,
+        /// The driver's receive buffer for this socket (its first
+        /// `buf_alloc`, spec 2.8.2): the device may send this many payload
+        /// bytes before it hears a CREDIT_UPDATE.
+        pub buf_alloc: u32,
     }
 }
 

@@ -28,6 +28,7 @@ fn control_layout() {
     assert_eq!(offset_of!(CtrlResponse, value_len), 8);
     assert_eq!(CreateRequest::SIZE, 8);
     assert_eq!(offset_of!(CreateRequest, queue_pair), 2);
+    assert_eq!(offset_of!(CreateRequest, buf_alloc), 4);
     assert_eq!(CloseRequest::SIZE, 8);
     assert_eq!(SetOptRequest::SIZE, 8);
     assert_eq!(offset_of!(SetOptRequest, value_len), 4);

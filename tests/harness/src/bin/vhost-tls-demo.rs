@@ -1,0 +1,120 @@
+//! The main job, with nothing to configure: an HTTPS server on loopback
+//! with a throwaway CA, the vhost-tls backend (the real `vhost-tls` binary
+//! when it sits beside this one) with an embedded policy that trusts that
+//! CA, and the harness as the guest driver fetching a page by host name
+//! through the device.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vhost_tls_harness::driver::TlsDevice;
+use vhost_tls_harness::peers::{Behaviour, RustlsServer};
+use vhost_tls_harness::pki::{TestCa, Validity};
+use vhost_tls_harness::testbed::LOOPBACK_POLICY;
+use virtio_tls_spec::{self as wire, SockAddr};
+
+const PAGE: &str = "Hello from the host! This page came through virtio-tls: \
+the guest asked for a host name, the hypervisor's backend did the TLS.\n";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("vhost-tls-demo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The backend, as a child process or in this process.
+enum Backend {
+    Process(Child),
+    InProcess(vhost_tls::Server),
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        match self {
+            Backend::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Backend::InProcess(server) => server.stop(),
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new("vhost-tls demo CA (throwaway)");
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, LOOPBACK_POLICY)?;
+    let identity = ca.issue(&["localhost"], Validity::Current);
+    let server = RustlsServer::start(
+        "127.0.0.1:0".parse()?,
+        &identity,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        Behaviour::Http { body: PAGE.to_owned() },
+    );
+    println!("HTTPS server: https://localhost:{}/ (certificate from a throwaway CA)", server.addr.port());
+
+    let socket = dir.path().join("vhost-tls.sock");
+    let _backend = match sibling_binary("vhost-tls") {
+        Some(binary) => {
+            println!("backend:      {} serve --socket-path {} --policy {}", binary.display(), socket.display(), policy_path.display());
+            let child = Command::new(binary)
+                .args(["serve", "--socket-path"])
+                .arg(&socket)
+                .arg("--policy")
+                .arg(&policy_path)
+                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+                .spawn()?;
+            Backend::Process(child)
+        }
+        None => {
+            println!("backend:      in process (build the vhost-tls binary to run it separately)");
+            let policy = tls_engine::Policy::load(&policy_path)?;
+            Backend::InProcess(vhost_tls::Server::start(&socket, Arc::new(policy), vhost_tls::DeviceShape { queue_pairs: 1 })?)
+        }
+    };
+
+    let mut device = TlsDevice::attach(&socket, wire::num_queues(1) as usize)?;
+    println!("guest driver: connected over vhost-user ({} queues)", wire::num_queues(1));
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).map_err(|e| format!("create: {e}"))?;
+    device.set_option(id, wire::TLS_HOSTNAME, b"localhost").map_err(|e| format!("TLS_HOSTNAME: {e}"))?;
+    let target = SockAddr::hostname(b"localhost", server.addr.port()).expect("short name");
+    if let Err(errno) = device.connect(id, target, Duration::from_secs(30)) {
+        return Err(format!("connect: {errno}: {}", device.tls_error(id)).into());
+    }
+    let request = "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    device.send_all(id, request.as_bytes(), Duration::from_secs(30)).map_err(|e| format!("send: {e}"))?;
+    let (reply, end) = device.read_to_end(id, Duration::from_secs(30));
+    end.map_err(|e| format!("reading the reply: {e}: {}", device.tls_error(id)))?;
+
+    let mut text = |opt, len| device.get_option(id, opt, len).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+    let cipher = text(wire::TLS_CHOSEN_CIPHER, 64);
+    let peer = text(wire::TLS_PEER_IDENTITY, 256);
+    let version = match device.get_option(id, wire::TLS_CHOSEN_VERSION, 4) {
+        Ok(v) if v == wire::TLS_1_3.to_le_bytes() => "TLSv1.3",
+        Ok(v) if v == wire::TLS_1_2.to_le_bytes() => "TLSv1.2",
+        _ => "unknown",
+    };
+    println!("\n--- reply ({} bytes) ---\n{}--- end of reply ---\n", reply.len(), String::from_utf8_lossy(&reply));
+    println!("TLS version:   {version}");
+    println!("cipher suite:  {cipher}");
+    println!("peer identity: {peer}");
+    device.close(id).map_err(|e| format!("close: {e}"))?;
+    if !String::from_utf8_lossy(&reply).contains(PAGE.trim_end()) {
+        return Err("the reply does not contain the page".into());
+    }
+    Ok(())
+}
+
+/// A binary built into the same directory as this one.
+fn sibling_binary(name: &str) -> Option<PathBuf> {
+    let candidate = std::env::current_exe().ok()?.parent()?.join(name);
+    candidate.is_file().then_some(candidate)
+}

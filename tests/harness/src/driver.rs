@@ -1,0 +1,581 @@
+//! The guest driver's part of virtio-tls, as a test harness: sockets over
+//! the control, event and data queues of a device reached through
+//! vhost-user, following `spec/virtio-tls.md` (credit-based flow control
+//! included). Single-threaded: every call polls the used rings.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tls_engine::Errno;
+use virtio_tls_spec::{self as wire, CtrlHeader, CtrlResponse, DataHeader, Event, SockAddr, VirtioTlsConfig};
+
+use crate::frontend::VhostUserDevice;
+use crate::guest_memory::GuestMemory;
+
+/// Guest memory for the harness: rings plus buffers.
+const MEMORY_SIZE: usize = 64 << 20;
+const QUEUE_SIZE: u16 = 256;
+/// Room for the largest control request and GETOPT value.
+const CONTROL_BUFFER: u32 = (CtrlHeader::SIZE + 64 * 1024) as u32;
+const EVENT_BUFFERS: usize = 64;
+const RX_BUFFERS: usize = 64;
+const RX_BUFFER_SIZE: u32 = DataHeader::SIZE as u32 + 16 * 1024;
+const TX_BUFFERS: usize = 64;
+const TX_BUFFER_SIZE: u32 = DataHeader::SIZE as u32 + 32 * 1024;
+/// The driver's receive buffer per socket (its buf_alloc).
+pub const DRIVER_BUF_ALLOC: u32 = 256 * 1024;
+
+/// What a receive attempt found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recv {
+    Data(Vec<u8>),
+    /// The peer ended the stream with close_notify.
+    Eof,
+    /// Nothing yet.
+    WouldBlock,
+    /// The socket failed (SOCKET_ERROR, or a failed connect).
+    Error(Errno),
+}
+
+/// A control request's raw outcome, for malformed-request tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawReply {
+    pub used_len: u32,
+    pub response: Option<CtrlResponse>,
+}
+
+impl RawReply {
+    pub fn status(&self) -> Option<u32> {
+        self.response.map(|r| r.status)
+    }
+}
+
+#[derive(Default)]
+struct SocketState {
+    queue_pair: u16,
+    connect_result: Option<u32>,
+    error: Option<Errno>,
+    rx: VecDeque<u8>,
+    eof: bool,
+    /// Bytes the application consumed (our fwd_cnt).
+    fwd_cnt: u32,
+    fwd_reported: u32,
+    /// Payload bytes queued on tx, ever.
+    tx_bytes: u64,
+    /// The device's credit view.
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+}
+
+impl SocketState {
+    fn credit(&self) -> u32 {
+        let in_flight = (self.tx_bytes as u32).wrapping_sub(self.peer_fwd_cnt);
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+}
+
+pub struct TlsDevice {
+    device: VhostUserDevice,
+    config: VirtioTlsConfig,
+    next_request: u64,
+    control_request: u64,
+    control_response: u64,
+    /// Posted event buffers by descriptor head.
+    event_buffers: HashMap<u16, u64>,
+    /// Posted receive buffers by (pair, head).
+    rx_buffers: HashMap<(u16, u16), u64>,
+    /// Transmit buffers free for use, and in flight by (pair, head).
+    tx_free: Vec<u64>,
+    tx_in_flight: HashMap<(u16, u16), u64>,
+    sockets: HashMap<u32, SocketState>,
+    /// Guest address just past guest memory, for fault tests.
+    memory_end: u64,
+}
+
+impl TlsDevice {
+    /// Connects to a vhost-tls backend's vhost-user socket as the guest,
+    /// sets up all queues and stocks the event and receive queues.
+    pub fn attach(socket_path: &Path, num_queues: usize) -> std::io::Result<TlsDevice> {
+        let mut memory = GuestMemory::new(MEMORY_SIZE)?;
+        let control_request = memory.alloc(CONTROL_BUFFER as usize, 16)?;
+        let control_response = memory.alloc(CONTROL_BUFFER as usize, 16)?;
+        let event_addrs: Vec<u64> =
+            (0..EVENT_BUFFERS).map(|_| memory.alloc(Event::SIZE, 8)).collect::<Result<_, _>>()?;
+        let pairs = (num_queues as u16 - 2) / 2;
+        let mut rx_addrs = Vec::new();
+        for pair in 0..pairs {
+            for _ in 0..RX_BUFFERS {
+                rx_addrs.push((pair, memory.alloc(RX_BUFFER_SIZE as usize, 8)?));
+            }
+        }
+        let tx_free: Vec<u64> =
+            (0..TX_BUFFERS * pairs as usize).map(|_| memory.alloc(TX_BUFFER_SIZE as usize, 8)).collect::<Result<_, _>>()?;
+        let memory_end = MEMORY_SIZE as u64;
+        let mut device = VhostUserDevice::connect(socket_path, memory, num_queues, QUEUE_SIZE)?;
+        let config_bytes = device.get_config(0, VirtioTlsConfig::SIZE as u32)?;
+        let config = VirtioTlsConfig::decode(&config_bytes)
+            .ok_or_else(|| std::io::Error::other("device config shorter than VirtioTlsConfig"))?;
+        let mut this = TlsDevice {
+            device,
+            config,
+            next_request: 1,
+            control_request,
+            control_response,
+            event_buffers: HashMap::new(),
+            rx_buffers: HashMap::new(),
+            tx_free,
+            tx_in_flight: HashMap::new(),
+            sockets: HashMap::new(),
+            memory_end,
+        };
+        for addr in event_addrs {
+            this.post_event_buffer(addr);
+        }
+        for (pair, addr) in rx_addrs {
+            this.post_rx_buffer(pair, addr);
+        }
+        this.device.queue_mut(wire::EVENTQ as usize).kick()?;
+        for pair in 0..pairs {
+            this.device.queue_mut(wire::rx_queue(pair) as usize).kick()?;
+        }
+        Ok(this)
+    }
+
+    pub fn config(&self) -> VirtioTlsConfig {
+        self.config
+    }
+
+    fn post_event_buffer(&mut self, addr: u64) {
+        let head = self.device.queue_mut(wire::EVENTQ as usize).add_chain(&[], &[(addr, Event::SIZE as u32)]).expect("event queue has room");
+        self.event_buffers.insert(head, addr);
+    }
+
+    fn post_rx_buffer(&mut self, pair: u16, addr: u64) {
+        let head = self.device.queue_mut(wire::rx_queue(pair) as usize).add_chain(&[], &[(addr, RX_BUFFER_SIZE)]).expect("rx queue has room");
+        self.rx_buffers.insert((pair, head), addr);
+    }
+
+    // ------------------------------------------------------------------
+    // Control requests
+    // ------------------------------------------------------------------
+
+    /// Sends one control request and waits for its response.
+    fn request(&mut self, op: u16, socket_id: u32, payload: &[u8], value_room: u32) -> (CtrlResponse, Vec<u8>) {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let mut bytes = CtrlHeader { op, flags: 0, socket_id, request_id }.encode().to_vec();
+        bytes.extend_from_slice(payload);
+        let reply = self.raw_control(&bytes, CtrlResponse::SIZE as u32 + value_room);
+        let response = reply.response.expect("the device answers well-formed requests");
+        let value_len = (response.value_len as usize).min(value_room as usize);
+        let mut value = vec![0u8; value_len];
+        self.device.memory().read(self.control_response + CtrlResponse::SIZE as u64, &mut value).expect("read value");
+        (response, value)
+    }
+
+    /// Sends `bytes` as the readable part of a control chain with
+    /// `writable` bytes of response room, and waits for the device.
+    pub fn raw_control(&mut self, bytes: &[u8], writable: u32) -> RawReply {
+        assert!(bytes.len() <= 2 * CONTROL_BUFFER as usize);
+        // Large requests span two descriptors: the device reads chains.
+        let mut readable = Vec::new();
+        if bytes.len() <= CONTROL_BUFFER as usize {
+            self.device.memory().write(self.control_request, bytes).expect("write request");
+            readable.push((self.control_request, bytes.len() as u32));
+        } else {
+            let (first, second) = bytes.split_at(CONTROL_BUFFER as usize);
+            self.device.memory().write(self.control_request, first).expect("write request");
+            self.device.memory().write(self.control_response, second).expect("write request");
+            readable.push((self.control_request, first.len() as u32));
+            readable.push((self.control_response, second.len() as u32));
+            let scratch = self.tx_free.pop().expect("scratch buffer");
+            let reply = self.control_chain(&readable, &[(scratch, writable.min(TX_BUFFER_SIZE))], Some(scratch));
+            self.tx_free.push(scratch);
+            return reply;
+        }
+        let response = self.control_response;
+        self.control_chain(&readable, &[(response, writable.min(CONTROL_BUFFER))], Some(response))
+    }
+
+    fn control_chain(&mut self, readable: &[(u64, u32)], writable: &[(u64, u32)], response_at: Option<u64>) -> RawReply {
+        let queue = wire::CONTROLQ as usize;
+        let head = self.device.queue_mut(queue).add_chain(readable, writable).expect("control queue has room");
+        self.device.queue_mut(queue).kick().expect("kick");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((used_head, used_len)) = self.device.queue_mut(queue).pop_used() {
+                assert_eq!(used_head, head, "one control request at a time");
+                let response = match response_at {
+                    Some(addr) if used_len as usize >= CtrlResponse::SIZE => {
+                        let mut bytes = [0u8; CtrlResponse::SIZE];
+                        self.device.memory().read(addr, &mut bytes).expect("read response");
+                        CtrlResponse::decode(&bytes)
+                    }
+                    _ => None,
+                };
+                return RawReply { used_len, response };
+            }
+            assert!(Instant::now() < deadline, "the device did not answer a control request");
+            self.poll(Duration::from_millis(5));
+        }
+    }
+
+    /// A control request whose readable descriptor lies outside guest memory.
+    pub fn control_with_outside_request(&mut self) -> RawReply {
+        let response = self.control_response;
+        self.control_chain(&[(self.memory_end + 4096, 64)], &[(response, 64)], Some(response))
+    }
+
+    /// A control request whose response descriptor lies outside guest memory.
+    pub fn control_with_outside_response(&mut self) -> RawReply {
+        let bytes = CtrlHeader { op: wire::VIRTIO_TLS_OP_CREATE, flags: 0, socket_id: 0, request_id: 1 }.encode();
+        self.device.memory().write(self.control_request, &bytes).expect("write request");
+        let request = self.control_request;
+        self.control_chain(&[(request, bytes.len() as u32)], &[(self.memory_end - 8, 64)], None)
+    }
+
+    fn status(response: &CtrlResponse) -> Result<(), Errno> {
+        match response.status {
+            0 => Ok(()),
+            errno => Err(Errno(errno)),
+        }
+    }
+
+    pub fn create(&mut self, family: u16) -> Result<u32, Errno> {
+        self.create_on_pair(family, 0)
+    }
+
+    pub fn create_on_pair(&mut self, family: u16, queue_pair: u16) -> Result<u32, Errno> {
+        let payload = wire::CreateRequest { family, queue_pair, buf_alloc: DRIVER_BUF_ALLOC }.encode();
+        let (response, _) = self.request(wire::VIRTIO_TLS_OP_CREATE, 0, &payload, 0);
+        Self::status(&response)?;
+        let state = SocketState { queue_pair, peer_buf_alloc: self.config.socket_buf_size, ..Default::default() };
+        self.sockets.insert(response.socket_id, state);
+        Ok(response.socket_id)
+    }
+
+    pub fn set_option(&mut self, id: u32, optname: u32, value: &[u8]) -> Result<(), Errno> {
+        let mut payload = wire::SetOptRequest { optname, value_len: value.len() as u32 }.encode().to_vec();
+        payload.extend_from_slice(value);
+        let (response, _) = self.request(wire::VIRTIO_TLS_OP_SETOPT, id, &payload, 0);
+        Self::status(&response)
+    }
+
+    pub fn get_option(&mut self, id: u32, optname: u32, max_len: u32) -> Result<Vec<u8>, Errno> {
+        let payload = wire::GetOptRequest { optname, max_len }.encode();
+        let (response, value) = self.request(wire::VIRTIO_TLS_OP_GETOPT, id, &payload, max_len);
+        Self::status(&response)?;
+        Ok(value)
+    }
+
+    /// TLS_ERROR as text (empty when there is none or on error).
+    pub fn tls_error(&mut self, id: u32) -> String {
+        self.get_option(id, wire::TLS_ERROR, wire::MAX_ERROR_LEN as u32)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Starts a connect; Ok means in progress (a CONNECT_DONE follows).
+    pub fn start_connect(&mut self, id: u32, addr: SockAddr) -> Result<(), Errno> {
+        if let Some(socket) = self.sockets.get_mut(&id) {
+            socket.connect_result = None;
+        }
+        let (response, _) = self.request(wire::VIRTIO_TLS_OP_CONNECT, id, &addr.encode(), 0);
+        Self::status(&response)
+    }
+
+    /// The CONNECT_DONE status, once it came.
+    pub fn connect_result(&mut self, id: u32) -> Option<Result<(), Errno>> {
+        self.poll(Duration::ZERO);
+        let status = self.sockets.get(&id)?.connect_result?;
+        Some(if status == 0 { Ok(()) } else { Err(Errno(status)) })
+    }
+
+    /// Connects and waits for the handshake to finish.
+    pub fn connect(&mut self, id: u32, addr: SockAddr, timeout: Duration) -> Result<(), Errno> {
+        self.start_connect(id, addr)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(result) = self.connect_result(id) {
+                return result;
+            }
+            if Instant::now() >= deadline {
+                return Err(Errno::ETIMEDOUT);
+            }
+            self.poll(Duration::from_millis(10));
+        }
+    }
+
+    pub fn shutdown(&mut self, id: u32, how: u32) -> Result<(), Errno> {
+        let tx_bytes = self.sockets.get(&id).map_or(0, |s| s.tx_bytes);
+        let payload = wire::ShutdownRequest { how, reserved: 0, tx_bytes }.encode();
+        let (response, _) = self.request(wire::VIRTIO_TLS_OP_SHUTDOWN, id, &payload, 0);
+        Self::status(&response)
+    }
+
+    pub fn close(&mut self, id: u32) -> Result<(), Errno> {
+        let tx_bytes = self.sockets.get(&id).map_or(0, |s| s.tx_bytes);
+        let payload = wire::CloseRequest { tx_bytes }.encode();
+        let (response, _) = self.request(wire::VIRTIO_TLS_OP_CLOSE, id, &payload, 0);
+        Self::status(&response)?;
+        self.sockets.remove(&id);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Data
+    // ------------------------------------------------------------------
+
+    /// Queues as much of `data` as credit and transmit buffers allow.
+    pub fn try_send(&mut self, id: u32, data: &[u8]) -> Result<usize, Errno> {
+        self.poll(Duration::ZERO);
+        let mut sent = 0;
+        loop {
+            let socket = self.sockets.get(&id).ok_or(Errno::EBADF)?;
+            if let Some(errno) = socket.error {
+                return if sent > 0 { Ok(sent) } else { Err(errno) };
+            }
+            let room = (socket.credit() as usize).min(TX_BUFFER_SIZE as usize - DataHeader::SIZE).min(data.len() - sent);
+            if room == 0 {
+                if socket.credit() == 0 && sent == 0 {
+                    // Ask, in case the device's update got lost in between.
+                    self.send_packet(id, wire::VIRTIO_TLS_DATA_OP_CREDIT_REQUEST, &[]);
+                }
+                return Ok(sent);
+            }
+            if self.tx_free.is_empty() {
+                return Ok(sent);
+            }
+            let chunk = &data[sent..sent + room];
+            self.send_packet(id, wire::VIRTIO_TLS_DATA_OP_RW, chunk);
+            sent += room;
+        }
+    }
+
+    fn send_packet(&mut self, id: u32, op: u16, payload: &[u8]) {
+        let Some(addr) = self.tx_free.pop() else { return };
+        let socket = self.sockets.get_mut(&id).expect("known socket");
+        socket.tx_bytes += payload.len() as u64;
+        socket.fwd_reported = socket.fwd_cnt;
+        let header = DataHeader {
+            socket_id: id,
+            op,
+            flags: 0,
+            len: payload.len() as u32,
+            buf_alloc: DRIVER_BUF_ALLOC,
+            fwd_cnt: socket.fwd_cnt,
+            reserved: 0,
+        };
+        let pair = socket.queue_pair;
+        let memory = self.device.memory();
+        memory.write(addr, &header.encode()).expect("write header");
+        memory.write(addr + DataHeader::SIZE as u64, payload).expect("write payload");
+        let queue = wire::tx_queue(pair) as usize;
+        let head = self.device.queue_mut(queue).add_chain(&[(addr, (DataHeader::SIZE + payload.len()) as u32)], &[]).expect("tx room");
+        self.tx_in_flight.insert((pair, head), addr);
+        self.device.queue_mut(queue).kick().expect("kick");
+    }
+
+    pub fn send_all(&mut self, id: u32, data: &[u8], timeout: Duration) -> Result<(), Errno> {
+        let deadline = Instant::now() + timeout;
+        let mut sent = 0;
+        while sent < data.len() {
+            sent += self.try_send(id, &data[sent..])?;
+            if sent < data.len() {
+                if Instant::now() >= deadline {
+                    return Err(Errno::ETIMEDOUT);
+                }
+                self.poll(Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes up to `max` received bytes without waiting.
+    pub fn try_recv(&mut self, id: u32, max: usize) -> Recv {
+        self.poll(Duration::ZERO);
+        let Some(socket) = self.sockets.get_mut(&id) else {
+            return Recv::Error(Errno::EBADF);
+        };
+        if !socket.rx.is_empty() {
+            let n = max.min(socket.rx.len());
+            let data: Vec<u8> = socket.rx.drain(..n).collect();
+            socket.fwd_cnt = socket.fwd_cnt.wrapping_add(n as u32);
+            // Tell the device about freed room once a quarter has moved.
+            if socket.fwd_cnt.wrapping_sub(socket.fwd_reported) >= DRIVER_BUF_ALLOC / 4 {
+                self.send_packet(id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
+            }
+            return Recv::Data(data);
+        }
+        if let Some(errno) = socket.error {
+            return Recv::Error(errno);
+        }
+        if socket.eof {
+            return Recv::Eof;
+        }
+        Recv::WouldBlock
+    }
+
+    /// Waits for data, end of stream or an error.
+    pub fn recv(&mut self, id: u32, max: usize, timeout: Duration) -> Recv {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.try_recv(id, max) {
+                Recv::WouldBlock if Instant::now() < deadline => self.poll(Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+    }
+
+    pub fn read_exact(&mut self, id: u32, len: usize, timeout: Duration) -> Result<Vec<u8>, Recv> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            match self.recv(id, len - out.len(), deadline.saturating_duration_since(Instant::now())) {
+                Recv::Data(data) => out.extend_from_slice(&data),
+                other => return Err(other),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads until the stream ends; the result says how it ended.
+    pub fn read_to_end(&mut self, id: u32, timeout: Duration) -> (Vec<u8>, Result<(), Errno>) {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            match self.recv(id, 1 << 20, deadline.saturating_duration_since(Instant::now())) {
+                Recv::Data(data) => out.extend_from_slice(&data),
+                Recv::Eof => return (out, Ok(())),
+                Recv::Error(errno) => return (out, Err(errno)),
+                Recv::WouldBlock => return (out, Err(Errno::ETIMEDOUT)),
+            }
+        }
+    }
+
+    /// A data packet as given, for malformed-packet tests.
+    pub fn raw_data(&mut self, pair: u16, socket_id: u32, op: u16, payload: &[u8]) {
+        let addr = self.tx_free.pop().expect("tx buffer");
+        let header = DataHeader { socket_id, op, len: payload.len() as u32, ..Default::default() };
+        let memory = self.device.memory();
+        memory.write(addr, &header.encode()).expect("write");
+        memory.write(addr + DataHeader::SIZE as u64, payload).expect("write");
+        let queue = wire::tx_queue(pair) as usize;
+        let head = self.device.queue_mut(queue).add_chain(&[(addr, (DataHeader::SIZE + payload.len()) as u32)], &[]).expect("room");
+        self.tx_in_flight.insert((pair, head), addr);
+        self.device.queue_mut(queue).kick().expect("kick");
+        self.poll(Duration::from_millis(20));
+    }
+
+    /// A data packet whose payload descriptor lies outside guest memory.
+    pub fn data_with_outside_payload(&mut self, pair: u16) {
+        let addr = self.tx_free.pop().expect("tx buffer");
+        let header = DataHeader { socket_id: 1, op: wire::VIRTIO_TLS_DATA_OP_RW, len: 100, ..Default::default() };
+        self.device.memory().write(addr, &header.encode()).expect("write");
+        let queue = wire::tx_queue(pair) as usize;
+        let outside = self.memory_end + (1 << 20);
+        let head = self
+            .device
+            .queue_mut(queue)
+            .add_chain(&[(addr, DataHeader::SIZE as u32), (outside, 100)], &[])
+            .expect("room");
+        self.tx_in_flight.insert((pair, head), addr);
+        self.device.queue_mut(queue).kick().expect("kick");
+        self.poll(Duration::from_millis(20));
+    }
+
+    // ------------------------------------------------------------------
+    // Used rings
+    // ------------------------------------------------------------------
+
+    /// Processes everything the device returned, waiting up to `timeout`
+    /// for the first interrupt.
+    pub fn poll(&mut self, timeout: Duration) {
+        if !timeout.is_zero() {
+            self.device.wait_for_interrupt(timeout);
+        }
+        self.collect_events();
+        let pairs = self.config.num_queue_pairs;
+        for pair in 0..pairs {
+            self.collect_rx(pair);
+            self.collect_tx(pair);
+        }
+    }
+
+    /// Like `poll`, for callers that only want to wait.
+    pub fn wait(&mut self, timeout: Duration) {
+        self.poll(timeout);
+    }
+
+    fn collect_events(&mut self) {
+        let queue = wire::EVENTQ as usize;
+        let mut reposted = false;
+        while let Some((head, len)) = self.device.queue_mut(queue).pop_used() {
+            let addr = self.event_buffers.remove(&head).expect("known event buffer");
+            if len as usize >= Event::SIZE {
+                let mut bytes = [0u8; Event::SIZE];
+                self.device.memory().read(addr, &mut bytes).expect("read event");
+                let event = Event::decode(&bytes).expect("full event");
+                if let Some(socket) = self.sockets.get_mut(&event.socket_id) {
+                    match event.event {
+                        wire::VIRTIO_TLS_EVENT_CONNECT_DONE => {
+                            socket.connect_result = Some(event.status);
+                            if event.status != 0 {
+                                socket.error = Some(Errno(event.status));
+                            } else {
+                                socket.error = None;
+                            }
+                        }
+                        wire::VIRTIO_TLS_EVENT_SOCKET_ERROR => socket.error = Some(Errno(event.status)),
+                        other => panic!("unknown event {other}"),
+                    }
+                }
+            }
+            self.post_event_buffer(addr);
+            reposted = true;
+        }
+        if reposted {
+            self.device.queue_mut(queue).kick().expect("kick");
+        }
+    }
+
+    fn collect_rx(&mut self, pair: u16) {
+        let queue = wire::rx_queue(pair) as usize;
+        let mut reposted = false;
+        while let Some((head, len)) = self.device.queue_mut(queue).pop_used() {
+            let addr = self.rx_buffers.remove(&(pair, head)).expect("known rx buffer");
+            if len as usize >= DataHeader::SIZE {
+                let mut bytes = vec![0u8; len as usize];
+                self.device.memory().read(addr, &mut bytes).expect("read rx");
+                let header = DataHeader::decode(&bytes).expect("header");
+                assert_eq!(header.len as usize, len as usize - DataHeader::SIZE, "used length matches the header");
+                if let Some(socket) = self.sockets.get_mut(&header.socket_id) {
+                    socket.peer_buf_alloc = header.buf_alloc;
+                    socket.peer_fwd_cnt = header.fwd_cnt;
+                    if header.op == wire::VIRTIO_TLS_DATA_OP_RW {
+                        socket.rx.extend(&bytes[DataHeader::SIZE..]);
+                        assert!(socket.rx.len() <= DRIVER_BUF_ALLOC as usize, "the device exceeded the driver's credit");
+                        if header.flags & wire::VIRTIO_TLS_DATA_F_EOF != 0 {
+                            socket.eof = true;
+                        }
+                    }
+                }
+            }
+            self.post_rx_buffer(pair, addr);
+            reposted = true;
+        }
+        if reposted {
+            self.device.queue_mut(queue).kick().expect("kick");
+        }
+    }
+
+    fn collect_tx(&mut self, pair: u16) {
+        let queue = wire::tx_queue(pair) as usize;
+        while let Some((head, _)) = self.device.queue_mut(queue).pop_used() {
+            if let Some(addr) = self.tx_in_flight.remove(&(pair, head)) {
+                self.tx_free.push(addr);
+            }
+        }
+    }
+}

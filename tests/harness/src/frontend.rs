@@ -1,0 +1,144 @@
+//! The front-end side of vhost-user, as QEMU plays it: connect to the
+//! backend's socket, negotiate features, share guest memory, set up and
+//! enable every virtqueue.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+
+use crate::guest_memory::GuestMemory;
+use crate::virtqueue::DriverQueue;
+
+/// Device features the harness driver understands: virtio 1.x and the
+/// device-specific bits. Not EVENT_IDX or INDIRECT_DESC: it kicks always
+/// and never builds indirect tables.
+const DEVICE_FEATURE_BITS: u64 = (1 << 24) - 1;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+pub struct VhostUserDevice {
+    frontend: Frontend,
+    memory: Arc<GuestMemory>,
+    queues: Vec<DriverQueue>,
+    acked_features: u64,
+}
+
+fn vhost_error(error: vhost::Error) -> io::Error {
+    io::Error::other(format!("vhost-user: {error}"))
+}
+
+impl VhostUserDevice {
+    /// Connects (retrying while the backend comes up, up to 10 s) and
+    /// brings the device to the point where all queues run.
+    pub fn connect(socket_path: &Path, mut memory: GuestMemory, num_queues: usize, queue_size: u16) -> io::Result<VhostUserDevice> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut frontend = loop {
+            match Frontend::connect(socket_path, num_queues as u64) {
+                Ok(frontend) => break frontend,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(vhost_error(error)),
+            }
+        };
+        frontend.set_owner().map_err(vhost_error)?;
+        let offered = frontend.get_features().map_err(vhost_error)?;
+        let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let acked_features = offered & (DEVICE_FEATURE_BITS | VIRTIO_F_VERSION_1 | protocol);
+        frontend.set_features(acked_features).map_err(vhost_error)?;
+        if offered & protocol != 0 {
+            let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ;
+            let features = frontend.get_protocol_features().map_err(vhost_error)?;
+            frontend.set_protocol_features(features & wanted).map_err(vhost_error)?;
+            if features.contains(VhostUserProtocolFeatures::MQ) {
+                let max = frontend.get_queue_num().map_err(vhost_error)?;
+                if (max as usize) < num_queues {
+                    return Err(io::Error::other(format!("the backend offers {max} queues, {num_queues} wanted")));
+                }
+            }
+        }
+
+        let layouts = (0..num_queues).map(|_| DriverQueue::allocate(&mut memory, queue_size)).collect::<io::Result<Vec<_>>>()?;
+        let memory = Arc::new(memory);
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: memory.size() as u64,
+            userspace_addr: memory.host_address(),
+            mmap_offset: 0,
+            mmap_handle: memory.fd(),
+        };
+        frontend.set_mem_table(&[region]).map_err(vhost_error)?;
+
+        let mut queues = Vec::with_capacity(num_queues);
+        for (index, layout) in layouts.into_iter().enumerate() {
+            let queue = DriverQueue::new(memory.clone(), queue_size, layout)?;
+            // Like QEMU, vring addresses are given as front-end virtual
+            // addresses; the backend translates them with the memory table.
+            let va = |gpa: u64| memory.host_address() + gpa;
+            let config = VringConfigData {
+                queue_max_size: queue_size,
+                queue_size,
+                flags: 0,
+                desc_table_addr: va(queue.desc_table),
+                used_ring_addr: va(queue.used_ring),
+                avail_ring_addr: va(queue.avail_ring),
+                log_addr: None,
+            };
+            frontend.set_vring_num(index, queue_size).map_err(vhost_error)?;
+            frontend.set_vring_base(index, 0).map_err(vhost_error)?;
+            frontend.set_vring_addr(index, &config).map_err(vhost_error)?;
+            frontend.set_vring_call(index, &queue.call).map_err(vhost_error)?;
+            frontend.set_vring_kick(index, &queue.kick).map_err(vhost_error)?;
+            if acked_features & protocol != 0 {
+                frontend.set_vring_enable(index, true).map_err(vhost_error)?;
+            }
+            queues.push(queue);
+        }
+        Ok(VhostUserDevice { frontend, memory, queues, acked_features })
+    }
+
+    pub fn features(&self) -> u64 {
+        self.acked_features
+    }
+
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    pub fn queue_mut(&mut self, index: usize) -> &mut DriverQueue {
+        &mut self.queues[index]
+    }
+
+    pub fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Reads `len` bytes of device config space at `offset`.
+    pub fn get_config(&mut self, offset: u32, len: u32) -> io::Result<Vec<u8>> {
+        let buf = vec![0u8; len as usize];
+        let (_, bytes) = self.frontend.get_config(offset, len, VhostUserConfigFlags::WRITABLE, &buf).map_err(vhost_error)?;
+        Ok(bytes)
+    }
+
+    /// Waits until the device signals any queue, or `timeout` passes.
+    pub fn wait_for_interrupt(&self, timeout: Duration) {
+        let mut fds: Vec<libc::pollfd> =
+            self.queues.iter().map(|q| libc::pollfd { fd: q.call.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for
+        // the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+        if ready > 0 {
+            for queue in &self.queues {
+                // Non-blocking: clears the counter if it was signalled.
+                let _ = queue.call.read();
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Where a socket may connect: the guest names a destination, the host
+//! resolves it, and the policy decides for every address before any packet
+//! is sent.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use crate::errno::{Errno, Failure};
+use crate::policy::{Policy, Verdict};
+
+/// A destination as a program names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Address(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl Destination {
+    /// The host name for certificate verification when the program set no
+    /// TLS_HOSTNAME: the name it connected to, or the IP address itself.
+    pub fn server_name(&self) -> String {
+        match self {
+            Destination::Address(addr) => addr.ip().to_string(),
+            Destination::Name { host, .. } => host.clone(),
+        }
+    }
+
+    /// Whether resolving needs the (blocking) system resolver.
+    pub fn needs_resolution(&self) -> bool {
+        match self {
+            Destination::Address(_) => false,
+            Destination::Name { host, .. } => host.parse::<IpAddr>().is_err(),
+        }
+    }
+}
+
+/// Resolves `destination` on the host (this blocks for names: call it off
+/// the I/O thread) and keeps the addresses the policy allows, in resolver
+/// order. Fails with EACCES when the policy denies every address, and with
+/// EHOSTUNREACH when the name does not resolve.
+pub fn resolve(policy: &Policy, destination: &Destination) -> Result<Vec<SocketAddr>, Failure> {
+    let (hostname, candidates) = match destination {
+        Destination::Address(addr) => (None, vec![*addr]),
+        Destination::Name { host, port } => {
+            let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, *port)],
+                Err(_) => (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| Failure::new(Errno::EHOSTUNREACH, format!("cannot resolve '{host}': {e}")))?
+                    .collect(),
+            };
+            if addrs.is_empty() {
+                return Err(Failure::new(Errno::EHOSTUNREACH, format!("'{host}' has no addresses")));
+            }
+            (Some(host.as_str()), addrs)
+        }
+    };
+    filter_allowed(policy, hostname, candidates)
+}
+
+/// Keeps the addresses the policy allows; EACCES naming the first denial
+/// when none is left.
+pub fn filter_allowed(policy: &Policy, hostname: Option<&str>, candidates: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Failure> {
+    let mut first_denial = None;
+    let mut allowed = Vec::with_capacity(candidates.len());
+    for addr in candidates {
+        match policy.destinations.check(hostname, addr.ip(), addr.port()) {
+            Verdict::Allow => allowed.push(addr),
+            Verdict::Deny(reason) => {
+                first_denial.get_or_insert_with(|| format!("destination {addr} denied by policy: {reason}"));
+            }
+        }
+    }
+    if allowed.is_empty() {
+        let reason = first_denial.unwrap_or_else(|| "no destination address".to_owned());
+        return Err(Failure::new(Errno::EACCES, reason));
+    }
+    Ok(allowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_local_is_denied_by_default() {
+        let policy = Policy::builtin_default();
+        let err = resolve(&policy, &Destination::Address("127.0.0.1:443".parse().unwrap())).unwrap_err();
+        assert_eq!(err.errno, Errno::EACCES);
+        assert!(err.reason.contains("127.0.0.1:443"), "{}", err.reason);
+        let err = resolve(&policy, &Destination::Name { host: "::1".into(), port: 443 }).unwrap_err();
+        assert_eq!(err.errno, Errno::EACCES);
+    }
+
+    #[test]
+    fn server_names() {
+        assert_eq!(Destination::Address("[::1]:5".parse().unwrap()).server_name(), "::1");
+        assert!(!Destination::Name { host: "10.0.0.1".into(), port: 1 }.needs_resolution());
+        assert!(Destination::Name { host: "localhost".into(), port: 1 }.needs_resolution());
+    }
+}

@@ -1,0 +1,185 @@
+//! rustls configuration under a policy, and what a finished handshake
+//! reports (TLS_CHOSEN_VERSION, TLS_CHOSEN_CIPHER, TLS_PEER_IDENTITY).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rustls::{CertificateError, ClientConfig, ClientConnection, Error as TlsError};
+use rustls_pki_types::ServerName;
+use virtio_tls_spec as wire;
+
+use crate::errno::{Errno, Failure};
+use crate::options::SocketOptions;
+use crate::policy::{Policy, TlsVersion};
+
+/// Client configurations for one policy, built once per version range and
+/// shared, so that sockets share rustls' session cache (resumption).
+pub struct ClientContext {
+    policy: Arc<Policy>,
+    configs: Mutex<HashMap<(TlsVersion, TlsVersion), Arc<ClientConfig>>>,
+}
+
+impl ClientContext {
+    pub fn new(policy: Arc<Policy>) -> ClientContext {
+        ClientContext { policy, configs: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The configuration for a socket with these options.
+    pub fn config(&self, options: &SocketOptions) -> Result<Arc<ClientConfig>, Failure> {
+        let range = options.version_range(&self.policy);
+        let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(config) = configs.get(&range) {
+            return Ok(config.clone());
+        }
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = [TlsVersion::Tls12, TlsVersion::Tls13]
+            .into_iter()
+            .filter(|v| (range.0..=range.1).contains(v))
+            .map(TlsVersion::rustls)
+            .collect();
+        let config = ClientConfig::builder_with_provider(self.policy.crypto_provider())
+            .with_protocol_versions(&versions)
+            .map_err(|e| Failure::new(Errno::EINVAL, format!("policy leaves no usable TLS configuration: {e}")))?
+            .with_root_certificates(self.policy.roots.clone())
+            .with_no_client_auth();
+        let config = Arc::new(config);
+        configs.insert(range, config.clone());
+        Ok(config)
+    }
+
+    /// A client connection for `server_name` (the TLS_HOSTNAME or, without
+    /// one, the address connected to), verified against the policy's roots.
+    pub fn connect(&self, options: &SocketOptions, server_name: &str) -> Result<ClientConnection, Failure> {
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| Failure::new(Errno::EINVAL, format!("'{server_name}' is neither a host name nor an IP address")))?;
+        ClientConnection::new(self.config(options)?, name)
+            .map_err(|e| Failure::new(Errno::EPROTO, format!("cannot start the TLS handshake: {e}")))
+    }
+}
+
+/// The errno and a readable TLS_ERROR reason for a handshake or record
+/// failure. Every TLS failure is EPROTO, as SSA's tests expect.
+pub fn describe_error(error: &TlsError, server_name: &str, policy_range: (TlsVersion, TlsVersion)) -> Failure {
+    let reason = match error {
+        TlsError::InvalidCertificate(cert) => {
+            let why = match cert {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "the peer's certificate has expired".to_owned()
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "the peer's certificate is not valid yet".to_owned()
+                }
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                    format!("the peer's certificate is not valid for '{server_name}'")
+                }
+                CertificateError::UnknownIssuer => {
+                    "the peer's certificate is not issued by a trusted authority (self-signed or unknown root)".to_owned()
+                }
+                CertificateError::Revoked => "the peer's certificate has been revoked".to_owned(),
+                CertificateError::BadSignature => "the peer's certificate has a bad signature".to_owned(),
+                other => format!("the peer's certificate is invalid ({other:?})"),
+            };
+            format!("certificate verification failed: {why}")
+        }
+        TlsError::PeerIncompatible(_) | TlsError::AlertReceived(rustls::AlertDescription::ProtocolVersion) => {
+            format!(
+                "handshake failed: the peer supports no TLS version the policy allows ({}..{}) [{error}]",
+                policy_range.0, policy_range.1
+            )
+        }
+        TlsError::AlertReceived(alert) => format!("handshake failed: the peer sent alert {alert:?}"),
+        TlsError::PeerMisbehaved(_) => format!("the peer violated the TLS protocol: {error}"),
+        other => format!("TLS failed: {other}"),
+    };
+    Failure::new(Errno::EPROTO, reason)
+}
+
+/// What an established connection negotiated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub version: Option<TlsVersion>,
+    /// IANA name of the cipher suite, e.g. `TLS_AES_256_GCM_SHA384`.
+    pub cipher: Option<String>,
+    /// The peer certificate's subject, e.g. `CN=example.com`.
+    pub peer_identity: Option<String>,
+}
+
+impl ConnectionInfo {
+    pub fn of(conn: &ClientConnection) -> ConnectionInfo {
+        let version = conn.protocol_version().and_then(|v| match v {
+            rustls::ProtocolVersion::TLSv1_2 => Some(TlsVersion::Tls12),
+            rustls::ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),
+            _ => None,
+        });
+        let cipher = conn.negotiated_cipher_suite().map(|s| iana_suite_name(s.suite()));
+        let peer_identity = conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf.as_ref()).ok())
+            .map(|(_, cert)| cert.subject().to_string());
+        ConnectionInfo { version, cipher, peer_identity }
+    }
+
+    /// The value of a read-only option, `None` when it is not one of these
+    /// or the handshake has not produced it.
+    pub fn get(&self, optname: u32) -> Option<Vec<u8>> {
+        match optname {
+            wire::TLS_CHOSEN_VERSION => self.version.map(|v| v.wire_value().to_le_bytes().to_vec()),
+            wire::TLS_CHOSEN_CIPHER => self.cipher.clone().map(String::into_bytes),
+            wire::TLS_PEER_IDENTITY => self.peer_identity.clone().map(String::into_bytes),
+            _ => None,
+        }
+    }
+}
+
+/// rustls spells TLS 1.3 suites `TLS13_*`; applications and OpenSSL's
+/// `-ciphersuites` use the IANA names.
+pub fn iana_suite_name(suite: rustls::CipherSuite) -> String {
+    let name = suite.as_str().map(str::to_owned).unwrap_or_else(|| format!("{suite:?}"));
+    match name.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_names_are_iana() {
+        assert_eq!(iana_suite_name(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384), "TLS_AES_256_GCM_SHA384");
+        assert_eq!(
+            iana_suite_name(rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+        );
+    }
+
+    #[test]
+    fn certificate_failures_are_eproto_with_reasons() {
+        let range = (TlsVersion::Tls12, TlsVersion::Tls13);
+        let expired = describe_error(&TlsError::InvalidCertificate(CertificateError::Expired), "a.test", range);
+        assert_eq!(expired.errno, Errno::EPROTO);
+        assert!(expired.reason.contains("expired"), "{}", expired.reason);
+        let name = describe_error(&TlsError::InvalidCertificate(CertificateError::NotValidForName), "a.test", range);
+        assert!(name.reason.contains("not valid for 'a.test'"), "{}", name.reason);
+        let issuer = describe_error(&TlsError::InvalidCertificate(CertificateError::UnknownIssuer), "a.test", range);
+        assert!(issuer.reason.contains("trusted authority"), "{}", issuer.reason);
+        let version = describe_error(&TlsError::AlertReceived(rustls::AlertDescription::ProtocolVersion), "a", range);
+        assert!(version.reason.contains("no TLS version"), "{}", version.reason);
+    }
+
+    #[test]
+    fn configs_are_shared_per_version_range() {
+        let context = ClientContext::new(Arc::new(Policy::builtin_default()));
+        let options = SocketOptions::default();
+        let a = context.config(&options).unwrap();
+        let b = context.config(&options).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(context.connect(&options, "not a name!").is_err());
+        assert!(context.connect(&options, "127.0.0.1").is_ok());
+    }
+}

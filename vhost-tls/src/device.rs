@@ -1,0 +1,711 @@
+//! The virtio-tls device model: control requests, data queues, events, and
+//! the network progress of every socket. Runs on the vhost-user worker
+//! thread; it never blocks (host name resolution runs on helper threads).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::os::fd::AsRawFd;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tls_engine::destination::{self, Destination};
+use tls_engine::errno::{Errno, Failure};
+use tls_engine::options::{parse_hostname, Phase as OptionPhase};
+use tls_engine::tls::ClientContext;
+use tls_engine::Policy;
+use virtio_tls_spec::{self as wire, CtrlHeader, CtrlResponse, DataHeader, Event};
+use vhost_user_backend::VringT;
+use vm_memory::GuestAddressSpace;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::queues::{self, MemoryGuard, ReadOutcome, Vring};
+use crate::socket::{Notice, Phase, Socket};
+
+const WAKER: Token = Token(usize::MAX);
+const TIMER: Token = Token(usize::MAX - 1);
+/// Largest control request: a header plus an option value.
+pub const MAX_CONTROL_REQUEST: usize = CtrlHeader::SIZE + 64 * 1024;
+/// Host name resolutions running at once, per device.
+const MAX_PENDING_RESOLUTIONS: usize = 64;
+/// How long a closed socket may take to send its last data.
+const CLOSE_LINGER: Duration = Duration::from_secs(10);
+
+/// Static shape of the device, fixed at start.
+#[derive(Clone, Debug)]
+pub struct DeviceShape {
+    pub queue_pairs: u16,
+}
+
+/// A snapshot of one socket, for operators and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketReport {
+    pub id: u32,
+    pub phase: Phase,
+    pub closing: bool,
+    /// Bytes of stream data held in host memory for this socket.
+    pub buffered_bytes: usize,
+    pub server_name: String,
+}
+
+struct Resolution {
+    socket_id: u32,
+    request_id: u64,
+    destination: Destination,
+    result: Result<Vec<SocketAddr>, Failure>,
+}
+
+pub struct Device {
+    shape: DeviceShape,
+    context: ClientContext,
+    mem: Option<queues::Memory>,
+    poll: Poll,
+    waker: Arc<Waker>,
+    resolutions_tx: Sender<Resolution>,
+    resolutions_rx: Receiver<Resolution>,
+    pending_resolutions: usize,
+    timer: TimerFd,
+    sockets: HashMap<u32, Socket>,
+    next_id: u32,
+    events: VecDeque<Event>,
+    /// Per data queue pair: sockets with something for the driver.
+    rx_waiting: Vec<BTreeSet<u32>>,
+    /// Failures to report once the socket's remaining data is delivered.
+    deferred_errors: HashMap<u32, Errno>,
+}
+
+impl Device {
+    pub fn new(policy: Arc<Policy>, shape: DeviceShape) -> std::io::Result<Device> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // A coarse tick bounds connects, handshakes and close lingers.
+        let mut timer = TimerFd::new()?;
+        timer.reset(Duration::from_millis(500), Some(Duration::from_millis(500)))?;
+        poll.registry().register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
+        let (resolutions_tx, resolutions_rx) = channel();
+        Ok(Device {
+            rx_waiting: vec![BTreeSet::new(); shape.queue_pairs as usize],
+            shape,
+            context: ClientContext::new(policy),
+            mem: None,
+            poll,
+            waker,
+            resolutions_tx,
+            resolutions_rx,
+            pending_resolutions: 0,
+            timer,
+            sockets: HashMap::new(),
+            next_id: 1,
+            events: VecDeque::new(),
+            deferred_errors: HashMap::new(),
+        })
+    }
+
+    /// The fd that becomes readable when sockets need attention.
+    pub fn reactor_fd(&self) -> std::os::fd::RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        self.context.policy()
+    }
+
+    pub fn set_memory(&mut self, mem: queues::Memory) {
+        self.mem = Some(mem);
+    }
+
+    /// The driver reset the device: every socket goes.
+    pub fn reset(&mut self) {
+        for (_, mut socket) in self.sockets.drain() {
+            socket.drop_connection(self.poll.registry());
+        }
+        self.events.clear();
+        self.deferred_errors.clear();
+        for waiting in &mut self.rx_waiting {
+            waiting.clear();
+        }
+    }
+
+    pub fn report(&self) -> Vec<SocketReport> {
+        let mut reports: Vec<SocketReport> = self
+            .sockets
+            .values()
+            .map(|s| SocketReport {
+                id: s.id,
+                phase: s.phase,
+                closing: s.closing,
+                buffered_bytes: s.buffered_bytes(),
+                server_name: s.server_name.clone(),
+            })
+            .collect();
+        reports.sort_by_key(|r| r.id);
+        reports
+    }
+
+    /// One wake-up of the worker: a queue kick (`event` < number of queues)
+    /// or network readiness (`reactor_event`).
+    pub fn handle_event(&mut self, event: u16, reactor_event: u16, vrings: &[Vring]) {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return;
+        };
+        match event {
+            wire::CONTROLQ => self.process_control(&mem, &vrings[wire::CONTROLQ as usize]),
+            wire::EVENTQ => {}
+            e if e == reactor_event => self.process_network(),
+            q if (q as usize) < vrings.len() && q % 2 == 1 => self.process_tx(&mem, &vrings[q as usize], (q - 3) / 2),
+            _ => {} // A receive queue got buffers: delivered below.
+        }
+        for pair in 0..self.shape.queue_pairs {
+            if let Some(rxq) = vrings.get(wire::rx_queue(pair) as usize) {
+                self.flush_rx(&mem, rxq, pair);
+            }
+        }
+        if let Some(eventq) = vrings.get(wire::EVENTQ as usize) {
+            self.flush_events(&mem, eventq);
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Control queue
+    // ----------------------------------------------------------------------
+
+    fn process_control(&mut self, mem: &MemoryGuard, vring: &Vring) {
+        loop {
+            let _ = vring.disable_notification();
+            while let Some(chain) = queues::pop_chain(vring, mem) {
+                let used = self.handle_control_chain(mem, &chain);
+                queues::complete(vring, chain.head_index(), used);
+            }
+            if !queues::arm_notification(vring) {
+                break;
+            }
+        }
+        queues::notify(vring);
+    }
+
+    fn handle_control_chain(&mut self, mem: &MemoryGuard, chain: &queues::Chain) -> u32 {
+        let (response, value) = match queues::read_request(mem, chain, MAX_CONTROL_REQUEST) {
+            ReadOutcome::Bytes(request) => self.dispatch(&request),
+            ReadOutcome::Fault => (error_response(0, Errno::EFAULT), Vec::new()),
+            ReadOutcome::TooLong => (error_response(0, Errno::EINVAL), Vec::new()),
+        };
+        let response = CtrlResponse { value_len: value.len() as u32, ..response };
+        // No room for the response: nothing can be said, the chain is
+        // returned empty (spec 2.6.1).
+        queues::write_reply(mem, chain, &[&response.encode(), &value]).unwrap_or(0)
+    }
+
+    fn dispatch(&mut self, request: &[u8]) -> (CtrlResponse, Vec<u8>) {
+        let Some(header) = CtrlHeader::decode(request) else {
+            return (error_response(0, Errno::EINVAL), Vec::new());
+        };
+        let payload = &request[CtrlHeader::SIZE..];
+        let id = header.socket_id;
+        if header.flags != 0 {
+            return (error_response(id, Errno::EINVAL), Vec::new());
+        }
+        let result = match header.op {
+            wire::VIRTIO_TLS_OP_CREATE => match self.create(payload) {
+                Ok(new_id) => return (CtrlResponse { socket_id: new_id, ..Default::default() }, Vec::new()),
+                Err(errno) => Err(errno),
+            },
+            wire::VIRTIO_TLS_OP_CLOSE => self.close(id, payload),
+            wire::VIRTIO_TLS_OP_SETOPT => self.set_option(id, payload),
+            wire::VIRTIO_TLS_OP_GETOPT => match self.get_option(id, payload) {
+                Ok(value) => return (CtrlResponse { socket_id: id, ..Default::default() }, value),
+                Err(errno) => Err(errno),
+            },
+            wire::VIRTIO_TLS_OP_CONNECT => self.connect(id, header.request_id, payload),
+            wire::VIRTIO_TLS_OP_SHUTDOWN => self.shutdown(id, payload),
+            wire::VIRTIO_TLS_OP_BIND | wire::VIRTIO_TLS_OP_LISTEN | wire::VIRTIO_TLS_OP_ACCEPT => Err(Errno::EOPNOTSUPP),
+            _ => Err(Errno::EOPNOTSUPP),
+        };
+        match result {
+            Ok(()) => (CtrlResponse { socket_id: id, ..Default::default() }, Vec::new()),
+            Err(errno) => (error_response(id, errno), Vec::new()),
+        }
+    }
+
+    /// A socket the driver may still address (not closed).
+    fn open_socket(sockets: &mut HashMap<u32, Socket>, id: u32) -> Result<&mut Socket, Errno> {
+        match sockets.get_mut(&id) {
+            Some(socket) if !socket.closing => Ok(socket),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    fn create(&mut self, payload: &[u8]) -> Result<u32, Errno> {
+        let request = wire::CreateRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        if request.family != wire::VIRTIO_TLS_AF_INET && request.family != wire::VIRTIO_TLS_AF_INET6 {
+            return Err(Errno::EAFNOSUPPORT);
+        }
+        if request.queue_pair >= self.shape.queue_pairs {
+            return Err(Errno::EINVAL);
+        }
+        if self.sockets.len() >= self.policy().limits.max_sockets as usize {
+            return Err(Errno::EMFILE);
+        }
+        // Ids are not reused while in use, and 0 is never an id.
+        let mut id = self.next_id;
+        while id == 0 || self.sockets.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_id = id.wrapping_add(1);
+        let mut socket = Socket::new(id, request.queue_pair);
+        socket.driver_buf_alloc = request.buf_alloc;
+        self.sockets.insert(id, socket);
+        tracing::debug!(socket = id, "created");
+        Ok(id)
+    }
+
+    fn close(&mut self, id: u32, payload: &[u8]) -> Result<(), Errno> {
+        let request = wire::CloseRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        socket.closing = true;
+        socket.write_end_at = Some(socket.write_end_at.map_or(request.tx_bytes, |at| at.max(request.tx_bytes)));
+        socket.deadline = Some(Instant::now() + CLOSE_LINGER);
+        self.rx_waiting[socket.queue_pair as usize].remove(&id);
+        self.deferred_errors.remove(&id);
+        tracing::debug!(socket = id, "closing");
+        self.advance(id);
+        Ok(())
+    }
+
+    fn set_option(&mut self, id: u32, payload: &[u8]) -> Result<(), Errno> {
+        let request = wire::SetOptRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        let value = &payload[wire::SetOptRequest::SIZE..];
+        if request.value_len as usize != value.len() {
+            return Err(Errno::EINVAL);
+        }
+        let policy = self.context.policy().clone();
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        let phase = if socket.phase == Phase::Created { OptionPhase::Unconnected } else { OptionPhase::Connected };
+        socket.options.set(&policy, phase, request.optname, value)
+    }
+
+    fn get_option(&mut self, id: u32, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        let request = wire::GetOptRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        let policy = self.context.policy().clone();
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        let optname = request.optname;
+        let (value, integer) = match optname {
+            wire::TLS_ERROR => (socket.error.clone().unwrap_or_default().into_bytes(), false),
+            wire::TLS_ID => (u64::from(id).to_le_bytes().to_vec(), true),
+            wire::TLS_CHOSEN_VERSION | wire::TLS_CHOSEN_CIPHER | wire::TLS_PEER_IDENTITY => {
+                let value = socket.info.get(optname).ok_or(Errno::ENOTCONN)?;
+                (value, optname == wire::TLS_CHOSEN_VERSION)
+            }
+            _ => {
+                let value = socket.options.get(&policy, optname).ok_or(Errno::ENOPROTOOPT)?;
+                (value, optname != wire::TLS_HOSTNAME)
+            }
+        };
+        let room = request.max_len as usize;
+        if value.len() <= room {
+            Ok(value)
+        } else if integer {
+            Err(Errno::EINVAL)
+        } else {
+            // Strings are cut to the caller's buffer, as getsockopt does.
+            Ok(value[..room].to_vec())
+        }
+    }
+
+    fn connect(&mut self, id: u32, request_id: u64, payload: &[u8]) -> Result<(), Errno> {
+        let addr = wire::SockAddr::decode(payload).ok_or(Errno::EINVAL)?;
+        let policy = self.context.policy().clone();
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        match socket.phase {
+            Phase::Created | Phase::Failed => {}
+            Phase::Resolving | Phase::Connecting | Phase::Handshaking => return Err(Errno::EALREADY),
+            Phase::Established => return Err(Errno::EISCONN),
+        }
+        if addr.port == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let destination = match addr.family {
+            wire::VIRTIO_TLS_AF_INET => {
+                let octets: [u8; 4] = addr.addr[..4].try_into().expect("4 bytes");
+                Destination::Address(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(octets)), addr.port))
+            }
+            wire::VIRTIO_TLS_AF_INET6 => {
+                let octets: [u8; 16] = addr.addr[..16].try_into().expect("16 bytes");
+                Destination::Address(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(octets), addr.port, 0, addr.scope_id)))
+            }
+            wire::VIRTIO_TLS_AF_HOSTNAME => {
+                let name = addr.hostname_bytes().ok_or(Errno::EINVAL)?;
+                Destination::Name { host: parse_hostname(name)?, port: addr.port }
+            }
+            _ => return Err(Errno::EAFNOSUPPORT),
+        };
+        socket.error = None;
+        socket.server_name = String::new();
+        socket.connect_request = request_id;
+        let limits = &policy.limits;
+        socket.deadline = Some(
+            Instant::now()
+                + Duration::from_secs(u64::from(limits.connect_timeout_secs) + u64::from(limits.handshake_timeout_secs)),
+        );
+        if destination.needs_resolution() {
+            if self.pending_resolutions >= MAX_PENDING_RESOLUTIONS {
+                return Err(Errno::EAGAIN);
+            }
+            socket.phase = Phase::Resolving;
+            self.pending_resolutions += 1;
+            let (sender, waker) = (self.resolutions_tx.clone(), self.waker.clone());
+            let spawned = std::thread::Builder::new().name("vhost-tls-resolve".into()).spawn(move || {
+                let result = destination::resolve(&policy, &destination);
+                let _ = sender.send(Resolution { socket_id: id, request_id, destination, result });
+                let _ = waker.wake();
+            });
+            if spawned.is_err() {
+                self.pending_resolutions -= 1;
+                let socket = self.sockets.get_mut(&id).expect("looked up above");
+                socket.phase = Phase::Created;
+                return Err(Errno::EAGAIN);
+            }
+            return Ok(());
+        }
+        let addrs = match destination::resolve(&policy, &destination) {
+            Ok(addrs) => addrs,
+            Err(failure) => {
+                tracing::info!(socket = id, %failure, "connect refused");
+                socket.error = Some(failure.reason);
+                return Err(failure.errno);
+            }
+        };
+        if let Err(failure) = socket.begin_connect(self.poll.registry(), &destination, addrs) {
+            socket.error = Some(failure.reason);
+            socket.phase = Phase::Failed;
+            return Err(failure.errno);
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self, id: u32, payload: &[u8]) -> Result<(), Errno> {
+        let request = wire::ShutdownRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        if request.how > wire::VIRTIO_TLS_SHUT_RDWR || request.reserved != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if socket.phase != Phase::Established {
+            return Err(Errno::ENOTCONN);
+        }
+        if request.how != wire::VIRTIO_TLS_SHUT_RD {
+            if request.tx_bytes < socket.tx_received {
+                return Err(Errno::EINVAL);
+            }
+            socket.write_end_at = Some(request.tx_bytes);
+        }
+        if request.how != wire::VIRTIO_TLS_SHUT_WR {
+            socket.read_shut = true;
+            let pending = socket.rx_pending();
+            socket.take_rx(pending);
+        }
+        self.advance(id);
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------
+    // Transmit queues
+    // ----------------------------------------------------------------------
+
+    fn process_tx(&mut self, mem: &MemoryGuard, vring: &Vring, pair: u16) {
+        loop {
+            let _ = vring.disable_notification();
+            while let Some(chain) = queues::pop_chain(vring, mem) {
+                self.handle_tx_chain(mem, &chain, pair);
+                queues::complete(vring, chain.head_index(), 0);
+            }
+            if !queues::arm_notification(vring) {
+                break;
+            }
+        }
+        queues::notify(vring);
+    }
+
+    fn handle_tx_chain(&mut self, mem: &MemoryGuard, chain: &queues::Chain, pair: u16) {
+        use std::io::Read;
+        let Ok(mut reader) = queues::reader(mem, chain) else {
+            tracing::debug!("transmit buffer outside guest memory: dropped");
+            return;
+        };
+        let mut header_bytes = [0u8; DataHeader::SIZE];
+        if reader.read_exact(&mut header_bytes).is_err() {
+            tracing::debug!("transmit buffer shorter than its header: dropped");
+            return;
+        }
+        let header = DataHeader::decode(&header_bytes).expect("full header read");
+        let id = header.socket_id;
+        let buf_size = self.policy().limits.socket_buffer_bytes;
+        let Some(socket) = self.sockets.get_mut(&id) else {
+            tracing::debug!(socket = id, "data for an unknown socket: dropped");
+            return;
+        };
+        let malformed = socket.queue_pair != pair
+            || header.len > wire::MAX_DATA_PAYLOAD
+            || reader.available_bytes() < header.len as usize
+            || (header.op != wire::VIRTIO_TLS_DATA_OP_RW && header.len != 0);
+        if malformed {
+            self.fail_socket(id, Failure::new(Errno::EINVAL, "malformed data packet from the driver"));
+            return;
+        }
+        socket.driver_buf_alloc = header.buf_alloc;
+        socket.driver_fwd_cnt = header.fwd_cnt;
+        match header.op {
+            wire::VIRTIO_TLS_DATA_OP_RW if header.len > 0 => {
+                let sendable = matches!(socket.phase, Phase::Resolving | Phase::Connecting | Phase::Handshaking | Phase::Established);
+                if !sendable || socket.write_end_at.is_some_and(|end| socket.tx_received >= end) {
+                    // The guest's socket layer should have said EPIPE/ENOTCONN.
+                    tracing::debug!(socket = id, "data after the write side ended: dropped");
+                    return;
+                }
+                if header.len > buf_size.saturating_sub(socket.tx_in_flight()) {
+                    self.fail_socket(id, Failure::new(Errno::ENOBUFS, "the driver sent more than its credit"));
+                    return;
+                }
+                let mut payload = vec![0u8; header.len as usize];
+                if reader.read_exact(&mut payload).is_err() {
+                    self.fail_socket(id, Failure::new(Errno::EFAULT, "unreadable data packet from the driver"));
+                    return;
+                }
+                socket.push_tx(&payload);
+            }
+            wire::VIRTIO_TLS_DATA_OP_RW | wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE => {}
+            wire::VIRTIO_TLS_DATA_OP_CREDIT_REQUEST => socket.credit_update_wanted = true,
+            _ => {
+                tracing::debug!(socket = id, op = header.op, "unknown data op: ignored");
+            }
+        }
+        self.advance(id);
+    }
+
+    // ----------------------------------------------------------------------
+    // Receive queues and events
+    // ----------------------------------------------------------------------
+
+    fn flush_rx(&mut self, mem: &MemoryGuard, vring: &Vring, pair: u16) {
+        let buf_size = self.policy().limits.socket_buffer_bytes;
+        let waiting: Vec<u32> = self.rx_waiting[pair as usize].iter().copied().collect();
+        let mut used_any = false;
+        'sockets: for id in waiting {
+            loop {
+                let Some(socket) = self.sockets.get_mut(&id) else {
+                    self.rx_waiting[pair as usize].remove(&id);
+                    continue 'sockets;
+                };
+                let credit = socket.driver_credit() as usize;
+                let (op, flags, want) = if socket.rx_pending() > 0 && credit > 0 {
+                    (wire::VIRTIO_TLS_DATA_OP_RW, 0, socket.rx_pending().min(credit))
+                } else if socket.eof_pending() {
+                    (wire::VIRTIO_TLS_DATA_OP_RW, wire::VIRTIO_TLS_DATA_F_EOF, 0)
+                } else if socket.credit_update_wanted {
+                    (wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, 0, 0)
+                } else {
+                    self.rx_waiting[pair as usize].remove(&id);
+                    if let Some(errno) = self.deferred_errors.remove(&id) {
+                        if socket.rx_pending() == 0 {
+                            self.events.push_back(event(wire::VIRTIO_TLS_EVENT_SOCKET_ERROR, id, 0, errno));
+                        } else {
+                            // Waiting for driver credit; keep the error for later.
+                            self.deferred_errors.insert(id, errno);
+                        }
+                    }
+                    continue 'sockets;
+                };
+                let chain = loop {
+                    if let Some(chain) = queues::pop_chain(vring, mem) {
+                        break chain;
+                    }
+                    if !queues::arm_notification(vring) {
+                        // No buffers: the driver kicks when it posts some.
+                        break 'sockets;
+                    }
+                };
+                let room = match queues::writer(mem, &chain) {
+                    Ok(writer) => writer.available_bytes(),
+                    Err(_) => 0,
+                };
+                if room < DataHeader::SIZE {
+                    tracing::debug!("receive buffer too small or outside guest memory: returned empty");
+                    queues::complete(vring, chain.head_index(), 0);
+                    used_any = true;
+                    continue;
+                }
+                let len = want.min(room - DataHeader::SIZE).min(wire::MAX_DATA_PAYLOAD as usize);
+                let payload = socket.take_rx(len);
+                let header = DataHeader {
+                    socket_id: id,
+                    op,
+                    flags,
+                    len: payload.len() as u32,
+                    buf_alloc: buf_size,
+                    fwd_cnt: socket.fwd_cnt,
+                    reserved: 0,
+                };
+                let written = queues::write_reply(mem, &chain, &[&header.encode(), &payload]).unwrap_or(0);
+                queues::complete(vring, chain.head_index(), written);
+                used_any = true;
+                socket.rx_sent = socket.rx_sent.wrapping_add(payload.len() as u32);
+                socket.fwd_reported = socket.fwd_cnt;
+                socket.credit_update_wanted = false;
+                if flags & wire::VIRTIO_TLS_DATA_F_EOF != 0 {
+                    socket.eof_delivered = true;
+                }
+                if socket.rx_pending() == 0 {
+                    // Room again: read on from the network.
+                    self.advance(id);
+                }
+            }
+        }
+        if used_any {
+            queues::notify(vring);
+        }
+    }
+
+    fn flush_events(&mut self, mem: &MemoryGuard, vring: &Vring) {
+        let mut used_any = false;
+        while let Some(next) = self.events.front() {
+            let Some(chain) = queues::pop_chain(vring, mem) else {
+                if queues::arm_notification(vring) {
+                    continue;
+                }
+                break;
+            };
+            let written = queues::write_reply(mem, &chain, &[&next.encode()]);
+            queues::complete(vring, chain.head_index(), written.unwrap_or(0));
+            used_any = true;
+            if written.is_some() {
+                self.events.pop_front();
+            }
+        }
+        if used_any {
+            queues::notify(vring);
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Network
+    // ----------------------------------------------------------------------
+
+    fn process_network(&mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if let Err(error) = self.poll.poll(&mut events, Some(Duration::ZERO)) {
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::warn!(%error, "polling sockets failed");
+                }
+                return;
+            }
+            if events.is_empty() {
+                return;
+            }
+            for ready in events.iter() {
+                match ready.token() {
+                    WAKER => self.collect_resolutions(),
+                    TIMER => self.expire_deadlines(),
+                    Token(id) => self.advance(id as u32),
+                }
+            }
+        }
+    }
+
+    fn collect_resolutions(&mut self) {
+        while let Ok(resolution) = self.resolutions_rx.try_recv() {
+            self.pending_resolutions -= 1;
+            let id = resolution.socket_id;
+            let Some(socket) = self.sockets.get_mut(&id) else { continue };
+            if socket.phase != Phase::Resolving || socket.connect_request != resolution.request_id {
+                continue;
+            }
+            let started = resolution
+                .result
+                .and_then(|addrs| socket.begin_connect(self.poll.registry(), &resolution.destination, addrs));
+            if let Err(failure) = started {
+                self.fail_socket(id, failure);
+            }
+        }
+    }
+
+    fn expire_deadlines(&mut self) {
+        // Readable, so this read does not block; it re-arms the edge.
+        let _ = self.timer.wait();
+        let now = Instant::now();
+        let expired: Vec<u32> =
+            self.sockets.values().filter(|s| s.deadline.is_some_and(|d| d <= now)).map(|s| s.id).collect();
+        for id in expired {
+            let socket = self.sockets.get_mut(&id).expect("collected above");
+            if socket.closing {
+                socket.drop_connection(self.poll.registry());
+                self.sockets.remove(&id);
+                continue;
+            }
+            let what = if socket.phase == Phase::Resolving { "resolving" } else { "connecting and handshaking with" };
+            let reason = format!("timed out {what} {}", socket.server_name);
+            self.fail_socket(id, Failure::new(Errno::ETIMEDOUT, reason));
+        }
+    }
+
+    fn fail_socket(&mut self, id: u32, failure: Failure) {
+        let Some(socket) = self.sockets.get_mut(&id) else { return };
+        let connecting = matches!(socket.phase, Phase::Resolving | Phase::Connecting | Phase::Handshaking);
+        let notice = socket.fail(self.poll.registry(), failure);
+        self.after_progress(id, connecting, Some(notice));
+    }
+
+    /// Lets socket `id` make progress and tells the driver what came of it.
+    fn advance(&mut self, id: u32) {
+        let Some(socket) = self.sockets.get_mut(&id) else { return };
+        let connecting = matches!(socket.phase, Phase::Resolving | Phase::Connecting | Phase::Handshaking);
+        let notice = socket.progress(self.poll.registry(), &self.context);
+        self.after_progress(id, connecting, notice);
+    }
+
+    fn after_progress(&mut self, id: u32, was_connecting: bool, notice: Option<Notice>) {
+        let buf_size = self.policy().limits.socket_buffer_bytes;
+        let Some(socket) = self.sockets.get_mut(&id) else { return };
+        if socket.closing {
+            // The driver has forgotten this socket: nothing more for it.
+            let pending = socket.rx_pending();
+            socket.take_rx(pending);
+            if socket.phase == Phase::Failed || socket.close_finished() {
+                socket.drop_connection(self.poll.registry());
+                self.sockets.remove(&id);
+                tracing::debug!(socket = id, "closed");
+            }
+            return;
+        }
+        match notice {
+            Some(Notice::Connected) => {
+                tracing::debug!(socket = id, server = %socket.server_name, "handshake done");
+                self.events.push_back(event(wire::VIRTIO_TLS_EVENT_CONNECT_DONE, id, socket.connect_request, Errno(0)));
+            }
+            Some(Notice::Failed(errno)) if was_connecting => {
+                self.events.push_back(event(wire::VIRTIO_TLS_EVENT_CONNECT_DONE, id, socket.connect_request, errno));
+            }
+            Some(Notice::Failed(errno)) => {
+                // Data that arrived before the failure is delivered first.
+                self.deferred_errors.insert(id, errno);
+            }
+            None => {}
+        }
+        // The driver's credit runs low when it does not hear about consumed
+        // bytes: tell it once a quarter of the buffer has moved on.
+        if socket.fwd_cnt.wrapping_sub(socket.fwd_reported) >= buf_size / 4 {
+            socket.credit_update_wanted = true;
+        }
+        if socket.rx_pending() > 0 || socket.eof_pending() || socket.credit_update_wanted || self.deferred_errors.contains_key(&id) {
+            self.rx_waiting[socket.queue_pair as usize].insert(id);
+        }
+    }
+}
+
+fn error_response(socket_id: u32, errno: Errno) -> CtrlResponse {
+    CtrlResponse { status: errno.0, socket_id, ..Default::default() }
+}
+
+fn event(kind: u16, socket_id: u32, request_id: u64, status: Errno) -> Event {
+    Event { event: kind, socket_id, request_id, status: status.0, ..Default::default() }
+}

@@ -1,0 +1,113 @@
+//! Serving one front end (QEMU, or a test harness) on a vhost-user socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tls_engine::Policy;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::backend::VhostTlsBackend;
+use crate::device::{DeviceShape, SocketReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot set up the device: {0}")]
+    Device(#[source] std::io::Error),
+    #[error("cannot listen on {path}: {source}")]
+    Listen { path: PathBuf, source: vhost::vhost_user::Error },
+    #[error("vhost-user daemon: {0}")]
+    Daemon(vhost_user_backend::Error),
+}
+
+impl From<vhost_user_backend::Error> for ServerError {
+    fn from(error: vhost_user_backend::Error) -> Self {
+        ServerError::Daemon(error)
+    }
+}
+
+/// A running backend: listening, then serving one front end until it
+/// disconnects or [`Server::stop`] is called.
+pub struct Server {
+    backend: Arc<VhostTlsBackend>,
+    connection: Arc<Mutex<Option<ShutdownHandle>>>,
+    thread: Mutex<Option<JoinHandle<Result<(), ServerError>>>>,
+}
+
+impl Server {
+    /// Binds `socket_path` (replacing a stale socket file) and serves the
+    /// first front end that connects, on a thread of its own.
+    pub fn start(socket_path: &Path, policy: Arc<Policy>, shape: DeviceShape) -> Result<Server, ServerError> {
+        let backend = Arc::new(VhostTlsBackend::new(policy, shape).map_err(ServerError::Device)?);
+        let mut listener = Listener::new(socket_path, true)
+            .map_err(|source| ServerError::Listen { path: socket_path.to_owned(), source })?;
+        let mut daemon = VhostUserDaemon::new(
+            "vhost-tls".to_owned(),
+            backend.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )?;
+        for handler in daemon.get_epoll_handlers() {
+            handler
+                .register_listener(backend.reactor_fd(), EventSet::IN, u64::from(backend.reactor_event()))
+                .map_err(ServerError::Device)?;
+        }
+        let connection = Arc::new(Mutex::new(None));
+        let published = connection.clone();
+        let worker_backend = backend.clone();
+        let thread = std::thread::Builder::new()
+            .name("vhost-tls-serve".to_owned())
+            .spawn(move || {
+                let result = (|| {
+                    daemon.start(&mut listener)?;
+                    tracing::info!("front end connected");
+                    *published.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
+                    daemon.wait()?;
+                    Ok(())
+                })();
+                tracing::info!("front end gone");
+                worker_backend.request_exit();
+                result
+            })
+            .map_err(ServerError::Device)?;
+        Ok(Server { backend, connection, thread: Mutex::new(Some(thread)) })
+    }
+
+    pub fn backend(&self) -> &Arc<VhostTlsBackend> {
+        &self.backend
+    }
+
+    pub fn sockets(&self) -> Vec<SocketReport> {
+        self.backend.sockets()
+    }
+
+    /// Whether a front end is connected (or was, and the session ended).
+    pub fn connected(&self) -> bool {
+        self.connection.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Disconnects the front end; `wait` then returns.
+    pub fn stop(&self) {
+        if let Some(handle) = self.connection.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            handle.shutdown();
+        }
+        self.backend.request_exit();
+    }
+
+    /// Waits until the front end has gone.
+    pub fn wait(&self) -> Result<(), ServerError> {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match thread.map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServerError::Device(std::io::Error::other("the serving thread panicked"))),
+            None => Ok(()),
+        }
+    }
+
+    /// How many queues the device has (for front ends that ask).
+    pub fn num_queues(&self) -> usize {
+        self.backend.num_queues()
+    }
+}
