@@ -1,0 +1,227 @@
+//! Throughput and handshake rate through the device (the harness playing
+//! the guest over vhost-user) against plain rustls over loopback, measured
+//! in the same run, printed with their ratios. A benchmark, not a test: it
+//! asserts nothing about speed.
+//!
+//! Usage: vhost-tls-bench [MIB_PER_DIRECTION] [HANDSHAKES]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls_pki_types::ServerName;
+use vhost_tls_harness::driver::{Recv, TlsDevice};
+use vhost_tls_harness::peers::{Behaviour, RustlsServer};
+use vhost_tls_harness::pki::{self, Validity};
+use vhost_tls_harness::testbed::{Testbed, LOOPBACK_POLICY};
+use virtio_tls_spec::{self as wire, SockAddr};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mib: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
+    let handshakes: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(300);
+    let total = mib << 20;
+
+    let bed = Testbed::start(LOOPBACK_POLICY);
+    let identity = bed.ca.issue(&pki::loopback_names(), Validity::Current);
+    let versions = [&rustls::version::TLS13];
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(bed.ca.cert_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut device = bed.driver();
+
+    println!("vhost-tls benchmark: {mib} MiB per direction and connection count, {handshakes} handshakes, TLS 1.3");
+    println!("machine: {} cores; plain = rustls client in this process over loopback TCP; device = the same through virtio-tls (harness as guest)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!();
+    println!("{:<34} {:>14} {:>14} {:>8}", "metric", "plain rustls", "device", "ratio");
+
+    for connections in [1usize, 8] {
+        let per_connection = total / connections as u64;
+        let source = RustlsServer::start(loopback, &identity, &versions, Behaviour::Source { total: per_connection });
+        let plain = mib_per_s(total, || plain_download(&client, source.addr, connections));
+        let through = mib_per_s(total, || device_download(&mut device, source.addr, connections));
+        row(&format!("download MiB/s, {connections} conn"), plain, through);
+
+        let sink = RustlsServer::start(loopback, &identity, &versions, Behaviour::Sink);
+        let plain = mib_per_s(total, || plain_upload(&client, sink.addr, connections, per_connection));
+        let through = mib_per_s(total, || device_upload(&mut device, sink.addr, connections, per_connection));
+        row(&format!("upload MiB/s, {connections} conn"), plain, through);
+    }
+
+    let echo = RustlsServer::start(loopback, &identity, &versions, Behaviour::Echo);
+    let plain = per_second(handshakes, || {
+        for _ in 0..handshakes {
+            let mut tls = plain_connect(&client, echo.addr);
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    let through = per_second(handshakes, || {
+        for _ in 0..handshakes {
+            let id = device_connect(&mut device, echo.addr);
+            device.close(id).unwrap();
+        }
+    });
+    row("handshakes/s (sequential)", plain, through);
+
+    let round_trips = 2000;
+    let mut tls = plain_connect(&client, echo.addr);
+    let plain = per_second(round_trips, || {
+        let mut byte = [0u8; 64];
+        for _ in 0..round_trips {
+            tls.write_all(&byte).unwrap();
+            tls.read_exact(&mut byte).unwrap();
+        }
+    });
+    let id = device_connect(&mut device, echo.addr);
+    let through = per_second(round_trips, || {
+        for _ in 0..round_trips {
+            device.send_all(id, &[0u8; 64], TIMEOUT).unwrap();
+            device.read_exact(id, 64, TIMEOUT).unwrap();
+        }
+    });
+    device.close(id).unwrap();
+    println!(
+        "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+        "64-byte round trip, µs (lower=better)",
+        1e6 / plain,
+        1e6 / through,
+        plain / through
+    );
+    println!();
+    println!("ratio = device / plain for rates (1.00 = as fast as rustls on the host); for the round trip, device time / plain time.");
+}
+
+fn row(metric: &str, plain: f64, device: f64) {
+    println!("{metric:<34} {plain:>14.1} {device:>14.1} {:>8.2}", device / plain);
+}
+
+fn mib_per_s(bytes: u64, run: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    run();
+    bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn per_second(count: usize, run: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    run();
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn plain_connect(config: &Arc<ClientConfig>, addr: SocketAddr) -> StreamOwned<ClientConnection, TcpStream> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let conn = ClientConnection::new(config.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    tls
+}
+
+fn plain_download(config: &Arc<ClientConfig>, addr: SocketAddr, connections: usize) {
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let mut tls = plain_connect(&config, addr);
+                let mut buf = vec![0u8; 256 * 1024];
+                while tls.read(&mut buf).unwrap() > 0 {}
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+}
+
+fn plain_upload(config: &Arc<ClientConfig>, addr: SocketAddr, connections: usize, bytes: u64) {
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let mut tls = plain_connect(&config, addr);
+                let buf = vec![0x42u8; 256 * 1024];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    tls.write_all(&buf[..n]).unwrap();
+                    left -= n as u64;
+                }
+                tls.conn.send_close_notify();
+                tls.flush().unwrap();
+                // Wait for the server's close_notify: all bytes arrived.
+                let mut rest = Vec::new();
+                let _ = tls.read_to_end(&mut rest);
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+}
+
+fn device_connect(device: &mut TlsDevice, addr: SocketAddr) -> u32 {
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.set_option(id, wire::TLS_HOSTNAME, b"localhost").unwrap();
+    let SocketAddr::V4(v4) = addr else { unreachable!("loopback v4") };
+    device.connect(id, SockAddr::ipv4(v4.ip().octets(), v4.port()), TIMEOUT).unwrap();
+    id
+}
+
+fn device_download(device: &mut TlsDevice, addr: SocketAddr, connections: usize) {
+    let mut open: Vec<u32> = (0..connections).map(|_| device_connect(device, addr)).collect();
+    while !open.is_empty() {
+        let mut progressed = false;
+        open.retain(|&id| match device.try_recv(id, 1 << 20) {
+            Recv::Data(_) => {
+                progressed = true;
+                true
+            }
+            Recv::WouldBlock => true,
+            Recv::Eof => {
+                device.close(id).unwrap();
+                false
+            }
+            Recv::Error(e) => panic!("download failed: {e}"),
+        });
+        if !progressed {
+            device.wait(Duration::from_millis(1));
+        }
+    }
+}
+
+fn device_upload(device: &mut TlsDevice, addr: SocketAddr, connections: usize, bytes: u64) {
+    let ids: Vec<u32> = (0..connections).map(|_| device_connect(device, addr)).collect();
+    let buf = vec![0x42u8; 256 * 1024];
+    let mut left = vec![bytes; connections];
+    while left.iter().any(|&l| l > 0) {
+        let mut progressed = false;
+        for (i, &id) in ids.iter().enumerate() {
+            if left[i] > 0 {
+                let n = left[i].min(buf.len() as u64) as usize;
+                let sent = device.try_send(id, &buf[..n]).unwrap();
+                left[i] -= sent as u64;
+                progressed |= sent > 0;
+            }
+        }
+        if !progressed {
+            device.wait(Duration::from_millis(1));
+        }
+    }
+    for &id in &ids {
+        device.shutdown(id, wire::VIRTIO_TLS_SHUT_WR).unwrap();
+    }
+    for &id in &ids {
+        assert_eq!(device.recv(id, 1024, TIMEOUT), Recv::Eof, "the sink acknowledges the end");
+        device.close(id).unwrap();
+    }
+}
