@@ -48,6 +48,14 @@ pub struct SocketReport {
     /// Bytes of stream data held in host memory for this socket.
     pub buffered_bytes: usize,
     pub server_name: String,
+    /// Payload bytes the driver sent / the device handed to TLS.
+    pub tx_received: u64,
+    pub tx_consumed: u32,
+    /// Where the driver asked the write side to end (SHUTDOWN/CLOSE).
+    pub write_end_at: Option<u64>,
+    /// Payload bytes delivered to the driver, and its credit left.
+    pub rx_sent: u32,
+    pub driver_credit: u32,
 }
 
 struct Resolution {
@@ -138,6 +146,11 @@ impl Device {
                 closing: s.closing,
                 buffered_bytes: s.buffered_bytes(),
                 server_name: s.server_name.clone(),
+                tx_received: s.tx_received,
+                tx_consumed: s.fwd_cnt,
+                write_end_at: s.write_end_at,
+                rx_sent: s.rx_sent,
+                driver_credit: s.driver_credit(),
             })
             .collect();
         reports.sort_by_key(|r| r.id);

@@ -84,9 +84,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16) -> Result<(), Box<dyn std::error::Error>> {
+    // Before the socket exists, so a front end can never see a backend
+    // that a signal would kill uncleanly.
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let server = Arc::new(Server::start(&socket_path, policy, DeviceShape { queue_pairs })?);
     tracing::info!(socket = %socket_path.display(), queue_pairs, "waiting for the front end");
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let on_signal = server.clone();
     let cleanup_path = socket_path.clone();
     std::thread::spawn(move || {

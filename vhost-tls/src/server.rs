@@ -64,8 +64,14 @@ impl Server {
                     daemon.start(&mut listener)?;
                     tracing::info!("front end connected");
                     *published.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
-                    daemon.wait()?;
-                    Ok(())
+                    match daemon.wait() {
+                        // A front end that goes away (QEMU quitting, a test
+                        // dropping its connection) is the normal end.
+                        Err(vhost_user_backend::Error::HandleRequest(
+                            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+                        )) => Ok(()),
+                        other => other.map_err(ServerError::from),
+                    }
                 })();
                 tracing::info!("front end gone");
                 worker_backend.request_exit();

@@ -228,28 +228,29 @@ impl Socket {
         };
         let established = !tls.is_handshaking();
 
-        // Guest to peer: hand plaintext to rustls while it has room.
+        // Guest to peer: hand plaintext to rustls while it has room, and
+        // its records to TCP, until TCP pushes back or nothing is left.
+        let mut flushed = flush_tls(tls, stream)?;
         if established {
-            while !self.tx_buf.is_empty() {
+            while flushed && !self.tx_buf.is_empty() {
                 let (front, _) = self.tx_buf.as_slices();
-                let accepted = tls.writer().write(front).unwrap_or(0);
+                let accepted = tls.writer().write(front).map_err(|e| Failure::new(Errno::EPIPE, format!("TLS write failed: {e}")))?;
                 if accepted == 0 {
-                    break;
+                    break; // cannot happen with its buffer empty; never spin
                 }
                 self.tx_buf.drain(..accepted);
                 self.fwd_cnt = self.fwd_cnt.wrapping_add(accepted as u32);
-                if !flush_tls(tls, stream)? {
-                    break;
-                }
+                // rustls takes nothing more until its records are written.
+                flushed = flush_tls(tls, stream)?;
             }
             if let Some(end) = self.write_end_at {
                 if !self.close_notify_queued && self.tx_received >= end && self.tx_buf.is_empty() {
                     tls.send_close_notify();
                     self.close_notify_queued = true;
+                    flushed = flush_tls(tls, stream)?;
                 }
             }
         }
-        let flushed = flush_tls(tls, stream)?;
         if flushed && self.close_notify_queued && !self.write_shut {
             // close_notify is on the wire: end the TCP stream too, as SSA does.
             let _ = stream.shutdown(Shutdown::Write);

@@ -128,6 +128,7 @@ fn serve_connection(tcp: TcpStream, config: Arc<ServerConfig>, stats: Arc<Server
             match tls.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    digest.update(&buf[..n]);
                     stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }

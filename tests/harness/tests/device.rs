@@ -290,6 +290,35 @@ fn bulk_64_mib_each_way_with_checksums() {
     device.close(id).unwrap();
 }
 
+/// Every byte handed to the device reaches the peer before close_notify,
+/// however the last bytes race with TCP back-pressure.
+#[test]
+fn uploads_end_with_every_byte_then_close_notify() {
+    const TOTAL: u64 = 16 << 20;
+    let bed = Testbed::start(LOOPBACK_POLICY);
+    let identity = bed.ca.issue(&pki::loopback_names(), Validity::Current);
+    let sink = RustlsServer::start("127.0.0.1:0".parse().unwrap(), &identity, &tls13(), Behaviour::Sink);
+    let mut device = bed.driver();
+    for round in 0..6 {
+        let (id, result) = connect(&mut device, sink.addr, Some("localhost"));
+        result.unwrap();
+        let mut pattern = Pattern::new(TOTAL);
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            let n = pattern.fill(&mut chunk);
+            if n == 0 {
+                break;
+            }
+            device.send_all(id, &chunk[..n], TIMEOUT).unwrap();
+        }
+        device.shutdown(id, wire::VIRTIO_TLS_SHUT_WR).unwrap();
+        assert_eq!(device.recv(id, 1024, Duration::from_secs(20)), Recv::Eof, "round {round}: {:?}", bed.server.sockets());
+        device.close(id).unwrap();
+    }
+    let digests = sink.stats.received_digests.lock().unwrap().clone();
+    assert_eq!(digests, vec![Pattern::digest(TOTAL); 6]);
+}
+
 #[test]
 fn a_reader_that_stops_bounds_host_buffering() {
     const TOTAL: u64 = 32 << 20;

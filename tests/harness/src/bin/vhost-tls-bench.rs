@@ -56,7 +56,7 @@ fn main() {
 
         let sink = RustlsServer::start(loopback, &identity, &versions, Behaviour::Sink);
         let plain = mib_per_s(total, || plain_upload(&client, sink.addr, connections, per_connection));
-        let through = mib_per_s(total, || device_upload(&mut device, sink.addr, connections, per_connection));
+        let through = mib_per_s(total, || device_upload(&mut device, sink.addr, connections, per_connection, &bed));
         row(&format!("upload MiB/s, {connections} conn"), plain, through);
     }
 
@@ -199,7 +199,7 @@ fn device_download(device: &mut TlsDevice, addr: SocketAddr, connections: usize)
     }
 }
 
-fn device_upload(device: &mut TlsDevice, addr: SocketAddr, connections: usize, bytes: u64) {
+fn device_upload(device: &mut TlsDevice, addr: SocketAddr, connections: usize, bytes: u64, bed: &Testbed) {
     let ids: Vec<u32> = (0..connections).map(|_| device_connect(device, addr)).collect();
     let buf = vec![0x42u8; 256 * 1024];
     let mut left = vec![bytes; connections];
@@ -221,7 +221,8 @@ fn device_upload(device: &mut TlsDevice, addr: SocketAddr, connections: usize, b
         device.shutdown(id, wire::VIRTIO_TLS_SHUT_WR).unwrap();
     }
     for &id in &ids {
-        assert_eq!(device.recv(id, 1024, TIMEOUT), Recv::Eof, "the sink acknowledges the end");
+        let end = device.recv(id, 1024, Duration::from_secs(20));
+        assert_eq!(end, Recv::Eof, "the sink acknowledges the end; device sockets: {:#?}", bed.server.sockets());
         device.close(id).unwrap();
     }
 }

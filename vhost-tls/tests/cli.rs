@@ -1,0 +1,102 @@
+//! The `vhost-tls` command line as an operator uses it.
+
+use std::process::Command;
+
+fn vhost_tls() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vhost-tls"))
+}
+
+#[test]
+fn policy_check_accepts_the_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/policy-example.toml");
+    let out = vhost_tls().args(["policy", "check", example]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": OK\n"));
+}
+
+#[test]
+fn policy_check_names_the_line_of_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vm1.toml");
+    std::fs::write(&file, "[tls]\nmin_version = \"1.2\"\n\n[limits]\nmax_sockets = 0\n").unwrap();
+    let out = vhost_tls().args(["policy", "check"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:5: max_sockets = 0 is outside 1..=65536", file.display())), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_bad_policy_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("bad.toml");
+    std::fs::write(&policy, "[destinations]\ndefault = \"sometimes\"\n").unwrap();
+    let socket = dir.path().join("s.sock");
+    let out = vhost_tls().args(["serve", "--socket-path"]).arg(&socket).arg("--policy").arg(&policy).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:2: unknown action"));
+    assert!(!socket.exists());
+}
+
+#[test]
+fn serve_exits_cleanly_on_sigterm_while_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "").unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut child = vhost_tls().args(["serve", "--socket-path"]).arg(&socket).arg("--policy").arg(&policy).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the socket never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket file is removed");
+}
+
+#[test]
+fn serve_exits_cleanly_when_the_front_end_disconnects() {
+    serve_one_front_end(false);
+}
+
+#[test]
+fn serve_exits_cleanly_on_sigterm_while_serving() {
+    serve_one_front_end(true);
+}
+
+fn serve_one_front_end(end_with_sigterm: bool) {
+    use vhost::VhostBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "").unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut child = vhost_tls().args(["serve", "--socket-path"]).arg(&socket).arg("--policy").arg(&policy).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let frontend = loop {
+        match vhost::vhost_user::Frontend::connect(&socket, 4) {
+            Ok(frontend) => break frontend,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => panic!("cannot connect: {e}"),
+        }
+    };
+    frontend.set_owner().unwrap();
+    let features = frontend.get_features().unwrap();
+    assert_ne!(features & (1 << virtio_tls_spec::VIRTIO_F_VERSION_1), 0);
+    if end_with_sigterm {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    } else {
+        drop(frontend);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the backend did not exit after the disconnect");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
