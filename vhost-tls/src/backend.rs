@@ -101,9 +101,16 @@ impl VhostUserBackend for VhostTlsBackend {
         VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
     }
 
-    fn set_event_idx(&self, _enabled: bool) {}
+    fn acked_features(&self, features: u64) {
+        tracing::info!(features = format_args!("{features:#x}"), "front end acked features");
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        tracing::debug!(enabled, "event index");
+    }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        tracing::info!(offset, size, "front end read the config space");
         let bytes = self.config.encode();
         let start = (offset as usize).min(bytes.len());
         let end = start.saturating_add(size as usize).min(bytes.len());
@@ -111,6 +118,12 @@ impl VhostUserBackend for VhostTlsBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> io::Result<()> {
+        {
+            use vm_memory::{GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
+            let guard = mem.memory();
+            let bytes: u64 = guard.iter().map(|region| region.len()).sum();
+            tracing::info!(regions = guard.num_regions(), mib = bytes >> 20, "guest memory table");
+        }
         self.device().set_memory(mem);
         Ok(())
     }
