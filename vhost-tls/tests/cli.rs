@@ -6,6 +6,21 @@ fn vhost_tls() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vhost-tls"))
 }
 
+/// `vhost-tls serve` with `policy_text`, in a fresh directory.
+fn spawn_serve(policy_text: &str) -> (tempfile::TempDir, std::path::PathBuf, std::process::Child) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, policy_text).unwrap();
+    let socket = dir.path().join("s.sock");
+    let child = vhost_tls().args(["serve", "--socket-path"]).arg(&socket).arg("--policy").arg(&policy).spawn().unwrap();
+    (dir, socket, child)
+}
+
+fn terminate(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
 #[test]
 fn policy_check_accepts_the_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/policy-example.toml");
@@ -39,18 +54,13 @@ fn serve_refuses_a_bad_policy_before_listening() {
 
 #[test]
 fn serve_exits_cleanly_on_sigterm_while_waiting() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("p.toml");
-    std::fs::write(&policy, "").unwrap();
-    let socket = dir.path().join("s.sock");
-    let mut child = vhost_tls().args(["serve", "--socket-path"]).arg(&socket).arg("--policy").arg(&policy).spawn().unwrap();
+    let (_dir, socket, mut child) = spawn_serve("");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !socket.exists() {
         assert!(std::time::Instant::now() < deadline, "the socket never appeared");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    terminate(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "the socket file is removed");
@@ -68,11 +78,7 @@ fn serve_exits_cleanly_on_sigterm_while_serving() {
 
 fn serve_one_front_end(end_with_sigterm: bool) {
     use vhost::VhostBackend;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("p.toml");
-    std::fs::write(&policy, "").unwrap();
-    let socket = dir.path().join("s.sock");
-    let mut child = vhost_tls().args(["serve", "--socket-path"]).arg(&socket).arg("--policy").arg(&policy).spawn().unwrap();
+    let (_dir, socket, mut child) = spawn_serve("");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let frontend = loop {
         match vhost::vhost_user::Frontend::connect(&socket, 4) {
@@ -85,8 +91,7 @@ fn serve_one_front_end(end_with_sigterm: bool) {
     let features = frontend.get_features().unwrap();
     assert_ne!(features & (1 << virtio_tls_spec::VIRTIO_F_VERSION_1), 0);
     if end_with_sigterm {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        terminate(&child);
     } else {
         drop(frontend);
     }

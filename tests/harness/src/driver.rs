@@ -368,6 +368,12 @@ impl TlsDevice {
             reserved: 0,
         };
         let pair = socket.queue_pair;
+        self.queue_tx(pair, addr, &header, payload);
+    }
+
+    /// Writes a header and payload into the transmit buffer at `addr` and
+    /// makes it available on `pair`'s transmit queue.
+    fn queue_tx(&mut self, pair: u16, addr: u64, header: &DataHeader, payload: &[u8]) {
         let memory = self.device.memory();
         memory.write(addr, &header.encode()).expect("write header");
         memory.write(addr + DataHeader::SIZE as u64, payload).expect("write payload");
@@ -458,13 +464,7 @@ impl TlsDevice {
     pub fn raw_data(&mut self, pair: u16, socket_id: u32, op: u16, payload: &[u8]) {
         let addr = self.tx_free.pop().expect("tx buffer");
         let header = DataHeader { socket_id, op, len: payload.len() as u32, ..Default::default() };
-        let memory = self.device.memory();
-        memory.write(addr, &header.encode()).expect("write");
-        memory.write(addr + DataHeader::SIZE as u64, payload).expect("write");
-        let queue = wire::tx_queue(pair) as usize;
-        let head = self.device.queue_mut(queue).add_chain(&[(addr, (DataHeader::SIZE + payload.len()) as u32)], &[]).expect("room");
-        self.tx_in_flight.insert((pair, head), addr);
-        self.device.queue_mut(queue).kick().expect("kick");
+        self.queue_tx(pair, addr, &header, payload);
         self.poll(Duration::from_millis(20));
     }
 
