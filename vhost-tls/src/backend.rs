@@ -89,6 +89,7 @@ impl VhostUserBackend for VhostTlsBackend {
     }
 
     fn features(&self) -> u64 {
+        tracing::debug!("front end read the device features");
         (1 << wire::VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -98,6 +99,7 @@ impl VhostUserBackend for VhostTlsBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        tracing::debug!("front end read the protocol features");
         VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
     }
 
