@@ -320,7 +320,13 @@ impl Socket {
     /// Plaintext for the guest: up to `max` bytes.
     pub fn take_rx(&mut self, max: usize) -> Vec<u8> {
         let n = max.min(self.rx_buf.len());
-        self.rx_buf.drain(..n).collect()
+        let mut out = Vec::with_capacity(n);
+        let (front, back) = self.rx_buf.as_slices();
+        let from_front = n.min(front.len());
+        out.extend_from_slice(&front[..from_front]);
+        out.extend_from_slice(&back[..n - from_front]);
+        self.rx_buf.drain(..n);
+        out
     }
 
     pub fn rx_pending(&self) -> usize {

@@ -406,7 +406,12 @@ impl TlsDevice {
         };
         if !socket.rx.is_empty() {
             let n = max.min(socket.rx.len());
-            let data: Vec<u8> = socket.rx.drain(..n).collect();
+            let (front, back) = socket.rx.as_slices();
+            let from_front = n.min(front.len());
+            let mut data = Vec::with_capacity(n);
+            data.extend_from_slice(&front[..from_front]);
+            data.extend_from_slice(&back[..n - from_front]);
+            socket.rx.drain(..n);
             socket.fwd_cnt = socket.fwd_cnt.wrapping_add(n as u32);
             // Tell the device about freed room once a quarter has moved.
             if socket.fwd_cnt.wrapping_sub(socket.fwd_reported) >= DRIVER_BUF_ALLOC / 4 {
