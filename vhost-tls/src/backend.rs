@@ -112,7 +112,7 @@ impl VhostUserBackend for VhostTlsBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        tracing::info!(offset, size, "front end read the config space");
+        tracing::debug!(offset, size, "front end read the config space");
         let bytes = self.config.encode();
         let start = (offset as usize).min(bytes.len());
         let end = start.saturating_add(size as usize).min(bytes.len());
