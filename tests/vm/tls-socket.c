@@ -1,0 +1,35 @@
+/* Guest-side check of IPPROTO_TLS socket creation through virtio_tls.ko:
+ * what SSA's tests assert about socket(), written as an application would. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <unistd.h>
+#include "../../guest-driver/include/in_tls.h"
+
+static int failures;
+
+static void check(int ok, const char *what)
+{
+	printf("%s: %s\n", ok ? "ok" : "FAILED", what);
+	failures += !ok;
+}
+
+int main(void)
+{
+	int fds[3];
+	for (int i = 0; i < 3; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+		check(fds[i] >= 0, "socket(AF_INET, SOCK_STREAM, IPPROTO_TLS)");
+		if (fds[i] < 0)
+			printf("  errno %d (%s)\n", errno, strerror(errno));
+	}
+	errno = 0;
+	check(socket(AF_INET, SOCK_DGRAM, IPPROTO_TLS) < 0 && errno == EPROTONOSUPPORT,
+	      "socket(AF_INET, SOCK_DGRAM, IPPROTO_TLS) fails with EPROTONOSUPPORT");
+	for (int i = 0; i < 3; i++)
+		check(fds[i] < 0 || close(fds[i]) == 0, "close");
+	printf("tls-socket: %d failure(s)\n", failures);
+	return failures != 0;
+}
