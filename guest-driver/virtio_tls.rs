@@ -6,8 +6,11 @@
 //! definitions (`spec/src/wire.rs`, the same file the host backend
 //! compiles), reads its configuration and sets DRIVER_OK, and registers
 //! IPPROTO_TLS (205) SOCK_STREAM for AF_INET: `socket()` creates a device
-//! socket (CREATE) and `close()` releases it (CLOSE). Connecting and data
-//! are the next steps (see guest-driver/README.md).
+//! socket (CREATE), `setsockopt`/`getsockopt` at level IPPROTO_TLS map to
+//! SETOPT/GETOPT, a blocking `connect()` to an AF_INET or AF_HOSTNAME
+//! address waits for the device's CONNECT_DONE event, and `close()`
+//! releases the socket (CLOSE). Data is the next step (see
+//! guest-driver/README.md).
 //!
 //! Rust-for-Linux 6.12 has no virtio abstractions: this module calls the
 //! virtio core through the generated bindings (added to the guest kernel by
@@ -21,6 +24,7 @@ use core::ptr;
 use kernel::bindings;
 use kernel::c_str;
 use kernel::str::CStr;
+use kernel::uaccess::UserSlice;
 use kernel::prelude::*;
 
 #[allow(dead_code, unreachable_pub)]
@@ -60,10 +64,73 @@ static DRIVER: Shared<bindings::virtio_driver> =
 /// The bound device, as the socket layer reaches it.
 struct Device {
     control: *mut bindings::virtqueue,
+    event: *mut bindings::virtqueue,
+    /// EVENT_BUFFERS event buffers, back to back (kmalloc'd).
+    events: KVec<u8>,
+    /// Sockets the driver has, with what the device said about them.
+    sockets: KVec<SocketEntry>,
     /// kmalloc'd request and response buffers (DMA-able, unlike the stack).
     request: KVec<u8>,
     response: KVec<u8>,
     next_request_id: u64,
+}
+
+/// What the event queue told about one socket.
+struct SocketEntry {
+    id: u32,
+    /// CONNECT_DONE's status, once it came.
+    connect_status: Option<u32>,
+}
+
+const EVENT_BUFFERS: usize = 16;
+
+impl Device {
+    fn entry(&mut self, id: u32) -> Option<&mut SocketEntry> {
+        self.sockets.iter_mut().find(|entry| entry.id == id)
+    }
+
+    /// Makes event buffer `index` available to the device again.
+    fn post_event_buffer(&mut self, index: usize) -> c_int {
+        // SAFETY: scatterlist is a plain C struct set by sg_init_one.
+        let mut sg: bindings::scatterlist = unsafe { core::mem::zeroed() };
+        // SAFETY: the buffer is kmalloc'd, lives in DEVICE until remove()
+        // resets the device, and the token is its address.
+        unsafe {
+            let buffer = self.events.as_mut_ptr().add(index * wire::Event::SIZE);
+            bindings::sg_init_one(&mut sg, buffer.cast::<c_void>(), wire::Event::SIZE as u32);
+            bindings::virtqueue_add_inbuf(self.event, &mut sg, 1, buffer.cast::<c_void>(), bindings::GFP_KERNEL)
+        }
+    }
+
+    /// Takes the events the device returned and recycles their buffers.
+    /// The event queue has no interrupt callback yet: waiters poll this.
+    fn collect_events(&mut self) {
+        let mut reposted = false;
+        loop {
+            let mut len: core::ffi::c_uint = 0;
+            // SAFETY: the event queue of the bound device.
+            let token = unsafe { bindings::virtqueue_get_buf(self.event, &mut len) };
+            if token.is_null() {
+                break;
+            }
+            let offset = token as usize - self.events.as_ptr() as usize;
+            let index = offset / wire::Event::SIZE;
+            let event = wire::Event::decode(&self.events[offset..offset + wire::Event::SIZE]);
+            if let (Some(event), true) = (event, len as usize >= wire::Event::SIZE) {
+                if let Some(entry) = self.entry(event.socket_id) {
+                    if event.event == wire::VIRTIO_TLS_EVENT_CONNECT_DONE {
+                        entry.connect_status = Some(event.status);
+                    }
+                }
+            }
+            self.post_event_buffer(index);
+            reposted = true;
+        }
+        if reposted {
+            // SAFETY: as above.
+            unsafe { bindings::virtqueue_kick(self.event) };
+        }
+    }
 }
 
 static DEVICE: Shared<Option<Device>> = Shared(core::cell::UnsafeCell::new(None));
@@ -103,6 +170,11 @@ impl Drop for ControlGuard {
 /// The control queue has no interrupt callback: requests are short and
 /// rare, so the caller sleeps and polls the used ring.
 fn control_request(op: u16, socket_id: u32, payload: &[u8]) -> Result<wire::CtrlResponse> {
+    control_request_value(op, socket_id, payload).map(|(response, _)| response)
+}
+
+/// As `control_request`, also returning the value after the response.
+fn control_request_value(op: u16, socket_id: u32, payload: &[u8]) -> Result<(wire::CtrlResponse, KVec<u8>)> {
     let mut guard = ControlGuard::lock();
     let device = guard.device().ok_or(ENODEV)?;
     device.next_request_id += 1;
@@ -141,16 +213,17 @@ fn control_request(op: u16, socket_id: u32, payload: &[u8]) -> Result<wire::Ctrl
             waited += 1;
         }
     }
-    wire::CtrlResponse::decode(&device.response[..(used as usize).min(device.response.len())]).ok_or(EIO)
+    let used = (used as usize).min(device.response.len());
+    let response = wire::CtrlResponse::decode(&device.response[..used]).ok_or(EIO)?;
+    let value_end = (wire::CtrlResponse::SIZE + response.value_len as usize).min(used);
+    let mut value = KVec::with_capacity(value_end - wire::CtrlResponse::SIZE, GFP_KERNEL)?;
+    value.extend_from_slice(&device.response[wire::CtrlResponse::SIZE..value_end], GFP_KERNEL)?;
+    Ok((response, value))
 }
 
 /// A zero-filled kmalloc'd buffer.
 fn dma_buffer(len: usize) -> Result<KVec<u8>> {
-    let mut buffer = KVec::with_capacity(len, GFP_KERNEL)?;
-    for _ in 0..len {
-        buffer.push(0, GFP_KERNEL)?;
-    }
-    Ok(buffer)
+    Ok(KVec::from_elem(0, len, GFP_KERNEL)?)
 }
 
 const QUEUE_NAMES: [&CStr; 4] = [c_str!("control"), c_str!("event"), c_str!("rx0"), c_str!("tx0")];
@@ -187,20 +260,27 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         pr_err!("cannot set up virtqueues: {}\n", err);
         return err;
     }
-    let (request, response) = match (dma_buffer(4096), dma_buffer(4096)) {
-        (Ok(request), Ok(response)) => (request, response),
+    let (request, response, events) = match (dma_buffer(4096), dma_buffer(4096), dma_buffer(EVENT_BUFFERS * wire::Event::SIZE)) {
+        (Ok(request), Ok(response), Ok(events)) => (request, response, events),
         _ => return -(bindings::ENOMEM as c_int),
     };
-    {
-        let mut guard = ControlGuard::lock();
-        // SAFETY: guarded by CONTROL_LOCK (held by `guard`).
-        unsafe { *DEVICE.0.get() = Some(Device { control: vqs[0], request, response, next_request_id: 0 }) };
-        drop(guard.device());
-    }
+    let device = Device { control: vqs[0], event: vqs[1], events, sockets: KVec::new(), request, response, next_request_id: 0 };
     // virtio_device_ready(): DRIVER_OK on top of the current status.
     if let (Some(get_status), Some(set_status)) = (ops.get_status, ops.set_status) {
         // SAFETY: status accessors of a live device.
         unsafe { set_status(vdev, get_status(vdev) | bindings::VIRTIO_CONFIG_S_DRIVER_OK as u8) };
+    }
+    {
+        let mut guard = ControlGuard::lock();
+        // SAFETY: guarded by CONTROL_LOCK (held by `guard`).
+        unsafe { *DEVICE.0.get() = Some(device) };
+        if let Some(device) = guard.device() {
+            for index in 0..EVENT_BUFFERS {
+                device.post_event_buffer(index);
+            }
+            // SAFETY: the event queue of the device just set up.
+            unsafe { bindings::virtqueue_kick(device.event) };
+        }
     }
     pr_info!(
         "device ready: {} sockets, {} queue pair(s), {} bytes per socket, TLS {}..{}\n",
@@ -257,7 +337,19 @@ unsafe extern "C" fn tls_init(sk: *mut bindings::sock) -> c_int {
         Ok(response) if response.status == 0 => {
             // SAFETY: sk was allocated with obj_size = size_of::<TlsSock>().
             unsafe { (*sk.cast::<TlsSock>()).socket_id = response.socket_id };
-            0
+            let mut guard = ControlGuard::lock();
+            let entry = SocketEntry { id: response.socket_id, connect_status: None };
+            let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
+            match device.entry(0) {
+                Some(free) => {
+                    *free = entry;
+                    0
+                }
+                None => match device.sockets.push(entry, GFP_KERNEL) {
+                    Ok(()) => 0,
+                    Err(_) => -(bindings::ENOMEM as c_int),
+                },
+            }
         }
         Ok(response) => -(response.status as c_int),
         Err(error) => error.to_errno(),
@@ -269,6 +361,14 @@ unsafe extern "C" fn tls_close(sk: *mut bindings::sock, _timeout: kernel::ffi::c
     // SAFETY: as in tls_init.
     let socket_id = unsafe { (*sk.cast::<TlsSock>()).socket_id };
     if socket_id != 0 {
+        let mut guard = ControlGuard::lock();
+        if let Some(device) = guard.device() {
+            if let Some(entry) = device.entry(socket_id) {
+                // A free slot (id 0 is never a socket id) for the next socket.
+                *entry = SocketEntry { id: 0, connect_status: None };
+            }
+        }
+        drop(guard);
         let request = wire::CloseRequest { tx_bytes: 0 };
         if let Err(error) = control_request(wire::VIRTIO_TLS_OP_CLOSE, socket_id, &request.encode()) {
             pr_warn!("closing socket {} failed: {:?}\n", socket_id, error);
@@ -276,6 +376,178 @@ unsafe extern "C" fn tls_close(sk: *mut bindings::sock, _timeout: kernel::ffi::c
     }
     // SAFETY: the core hands us a live socket it expects us to release.
     unsafe { bindings::sk_common_release(sk) };
+}
+
+fn socket_id_of(sk: *mut bindings::sock) -> u32 {
+    // SAFETY: our sockets are allocated with obj_size = size_of::<TlsSock>().
+    unsafe { (*sk.cast::<TlsSock>()).socket_id }
+}
+
+/// Options whose values are strings: getsockopt adds a terminating NUL, as
+/// C callers print them.
+fn is_string_option(optname: u32) -> bool {
+    matches!(optname, wire::TLS_HOSTNAME | wire::TLS_ERROR | wire::TLS_CHOSEN_CIPHER | wire::TLS_PEER_IDENTITY)
+}
+
+/// Largest option value passed through.
+const MAX_OPTION: usize = 4000;
+
+unsafe extern "C" fn tls_setsockopt(
+    sk: *mut bindings::sock,
+    level: c_int,
+    optname: c_int,
+    optval: bindings::sockptr_t,
+    optlen: core::ffi::c_uint,
+) -> c_int {
+    if level != wire::IPPROTO_TLS as c_int {
+        return -(bindings::ENOPROTOOPT as c_int);
+    }
+    let len = optlen as usize;
+    if len > MAX_OPTION {
+        return -(bindings::EINVAL as c_int);
+    }
+    let mut payload = KVec::new();
+    let header = wire::SetOptRequest { optname: optname as u32, value_len: optlen };
+    if payload.extend_from_slice(&header.encode(), GFP_KERNEL).is_err() {
+        return -(bindings::ENOMEM as c_int);
+    }
+    let mut value = KVec::new();
+    // SAFETY: reading the union member the is_kernel flag selects.
+    let copied = unsafe {
+        if optval.is_kernel() {
+            let from = core::slice::from_raw_parts(optval.__bindgen_anon_1.kernel.cast::<u8>(), len);
+            value.extend_from_slice(from, GFP_KERNEL).map_err(Error::from)
+        } else {
+            UserSlice::new(optval.__bindgen_anon_1.user as usize, len).read_all(&mut value, GFP_KERNEL)
+        }
+    };
+    if let Err(error) = copied.and_then(|()| payload.extend_from_slice(&value, GFP_KERNEL).map_err(Error::from)) {
+        return error.to_errno();
+    }
+    match control_request(wire::VIRTIO_TLS_OP_SETOPT, socket_id_of(sk), &payload) {
+        Ok(response) => -(response.status as c_int),
+        Err(error) => error.to_errno(),
+    }
+}
+
+unsafe extern "C" fn tls_getsockopt(
+    sk: *mut bindings::sock,
+    level: c_int,
+    optname: c_int,
+    optval: *mut kernel::ffi::c_char,
+    optlen: *mut c_int,
+) -> c_int {
+    if level != wire::IPPROTO_TLS as c_int {
+        return -(bindings::ENOPROTOOPT as c_int);
+    }
+    let mut room_bytes = [0u8; 4];
+    if let Err(error) = UserSlice::new(optlen as usize, 4).reader().read_slice(&mut room_bytes) {
+        return error.to_errno();
+    }
+    let room = i32::from_ne_bytes(room_bytes);
+    if room < 0 {
+        return -(bindings::EINVAL as c_int);
+    }
+    let optname = optname as u32;
+    let string = is_string_option(optname);
+    // A string needs one byte for its NUL.
+    let max_len = (room as usize).saturating_sub(string as usize).min(MAX_OPTION);
+    let request = wire::GetOptRequest { optname, max_len: max_len as u32 };
+    let mut value = match control_request_value(wire::VIRTIO_TLS_OP_GETOPT, socket_id_of(sk), &request.encode()) {
+        Ok((response, _)) if response.status != 0 => return -(response.status as c_int),
+        Ok((_, value)) => value,
+        Err(error) => return error.to_errno(),
+    };
+    if string && value.push(0, GFP_KERNEL).is_err() {
+        return -(bindings::ENOMEM as c_int);
+    }
+    let length = (value.len() as i32).to_ne_bytes();
+    let written = UserSlice::new(optval as usize, value.len())
+        .writer()
+        .write_slice(&value)
+        .and_then(|()| UserSlice::new(optlen as usize, 4).writer().write_slice(&length));
+    match written {
+        Ok(()) => 0,
+        Err(error) => error.to_errno(),
+    }
+}
+
+/// SSA's `struct sockaddr_host`: family, port (network order), name[120].
+const SOCKADDR_HOST_LEN: usize = 2 + 2 + 120;
+
+/// `connect()`: CONNECT, then wait for CONNECT_DONE. Blocking only, for
+/// now: a non-blocking socket waits too (EINPROGRESS comes with poll).
+unsafe extern "C" fn tls_connect(
+    sock: *mut bindings::socket,
+    uaddr: *mut bindings::sockaddr,
+    addr_len: c_int,
+    _flags: c_int,
+) -> c_int {
+    // SAFETY: the core passes a live socket with its sock.
+    let sk = unsafe { (*sock).sk };
+    // SAFETY: as above.
+    if unsafe { (*sock).state } == bindings::socket_state_SS_CONNECTED {
+        return -(bindings::EISCONN as c_int);
+    }
+    let len = (addr_len.max(0) as usize).min(SOCKADDR_HOST_LEN);
+    if len < 4 {
+        return -(bindings::EINVAL as c_int);
+    }
+    // SAFETY: move_addr_to_kernel copied addr_len bytes to this kernel buffer.
+    let raw = unsafe { core::slice::from_raw_parts(uaddr.cast::<u8>(), len) };
+    let family = u16::from_ne_bytes([raw[0], raw[1]]) as u32;
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let target = match family {
+        bindings::AF_INET if len >= 8 => wire::SockAddr::ipv4([raw[4], raw[5], raw[6], raw[7]], port),
+        wire::AF_HOSTNAME if len > 4 => {
+            let name = &raw[4..];
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            match wire::SockAddr::hostname(&name[..end], port) {
+                Some(target) => target,
+                None => return -(bindings::EINVAL as c_int),
+            }
+        }
+        bindings::AF_INET | wire::AF_HOSTNAME => return -(bindings::EINVAL as c_int),
+        _ => return -(bindings::EAFNOSUPPORT as c_int),
+    };
+    let socket_id = socket_id_of(sk);
+    {
+        let mut guard = ControlGuard::lock();
+        if let Some(entry) = guard.device().and_then(|device| device.entry(socket_id)) {
+            entry.connect_status = None;
+        }
+    }
+    match control_request(wire::VIRTIO_TLS_OP_CONNECT, socket_id, &target.encode()) {
+        Ok(response) if response.status != 0 => return -(response.status as c_int),
+        Ok(_) => {}
+        Err(error) => return error.to_errno(),
+    }
+    // The device bounds connect + handshake by its policy's timeouts and
+    // then reports ETIMEDOUT; this bound only guards against a lost device.
+    for _ in 0..600_000 {
+        let status = {
+            let mut guard = ControlGuard::lock();
+            match guard.device() {
+                Some(device) => {
+                    device.collect_events();
+                    device.entry(socket_id).and_then(|entry| entry.connect_status)
+                }
+                None => Some(bindings::ENODEV),
+            }
+        };
+        match status {
+            Some(0) => {
+                // SAFETY: as above; the socket lock is not needed for the
+                // state of a socket only this call connects.
+                unsafe { (*sock).state = bindings::socket_state_SS_CONNECTED };
+                return 0;
+            }
+            Some(errno) => return -(errno as c_int),
+            // SAFETY: sleeping in process context.
+            None => unsafe { bindings::usleep_range_state(200, 1000, bindings::TASK_UNINTERRUPTIBLE) },
+        }
+    }
+    -(bindings::ETIMEDOUT as c_int)
 }
 
 /// TLS sockets live on the device, not in the kernel's hash tables.
@@ -298,13 +570,17 @@ fn register_protocol(module: &'static ThisModule) -> Result {
         (*proto).init = Some(tls_init);
         (*proto).close = Some(tls_close);
         (*proto).hash = Some(tls_hash);
+        (*proto).setsockopt = Some(tls_setsockopt);
+        (*proto).getsockopt = Some(tls_getsockopt);
         (*proto).unhash = Some(tls_unhash);
 
         (*ops).family = bindings::AF_INET as _;
         (*ops).owner = module.as_ptr();
         (*ops).release = Some(bindings::inet_release);
         (*ops).bind = Some(bindings::sock_no_bind);
-        (*ops).connect = Some(bindings::sock_no_connect);
+        (*ops).connect = Some(tls_connect);
+        (*ops).setsockopt = Some(bindings::sock_common_setsockopt);
+        (*ops).getsockopt = Some(bindings::sock_common_getsockopt);
         (*ops).socketpair = Some(bindings::sock_no_socketpair);
         (*ops).accept = Some(bindings::sock_no_accept);
         (*ops).getname = Some(bindings::sock_no_getname);

@@ -1,0 +1,93 @@
+/* Guest-side client checks through virtio_tls.ko, written as an
+ * application would against in_tls.h: connect by address and by host name,
+ * read what the handshake chose, and the errors SSA's tests expect.
+ * usage: tls-connect PORT   (a TLS server for "localhost" on the host) */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "../../guest-driver/include/in_tls.h"
+
+static int failures;
+
+static void check(int ok, const char *what)
+{
+	printf("%s: %s\n", ok ? "ok" : "FAILED", what);
+	if (!ok)
+		printf("  errno %d (%s)\n", errno, strerror(errno));
+	failures += !ok;
+}
+
+static int tls_socket(const char *hostname)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+	if (fd >= 0 && hostname)
+		setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, hostname, strlen(hostname) + 1);
+	return fd;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2)
+		return 2;
+	int port = atoi(argv[1]);
+	struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
+	inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
+
+	int fd = tls_socket("localhost");
+	check(fd >= 0, "socket + TLS_HOSTNAME");
+	check(connect(fd, (struct sockaddr *)&in, sizeof(in)) == 0, "connect to 127.0.0.1 verified as localhost");
+	int version = 0;
+	socklen_t len = sizeof(version);
+	check(getsockopt(fd, IPPROTO_TLS, TLS_CHOSEN_VERSION, &version, &len) == 0 && version == TLS_1_3,
+	      "TLS_CHOSEN_VERSION is TLS_1_3");
+	char text[256];
+	len = sizeof(text);
+	check(getsockopt(fd, IPPROTO_TLS, TLS_CHOSEN_CIPHER, text, &len) == 0 && strncmp(text, "TLS_", 4) == 0,
+	      "TLS_CHOSEN_CIPHER");
+	printf("cipher: %s\n", text);
+	len = sizeof(text);
+	check(getsockopt(fd, IPPROTO_TLS, TLS_PEER_IDENTITY, text, &len) == 0 && strstr(text, "CN=localhost"),
+	      "TLS_PEER_IDENTITY");
+	printf("peer: %s\n", text);
+	errno = 0;
+	check(connect(fd, (struct sockaddr *)&in, sizeof(in)) < 0 && errno == EISCONN, "a second connect is EISCONN");
+	errno = 0;
+	check(setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "x.test", 7) < 0 && errno == EISCONN,
+	      "TLS_HOSTNAME after connect is EISCONN");
+	close(fd);
+
+	struct sockaddr_host host = { .sh_family = AF_HOSTNAME, .sh_port = htons(port) };
+	strcpy((char *)host.sh_addr.name, "localhost");
+	fd = tls_socket(NULL);
+	check(connect(fd, (struct sockaddr *)&host, sizeof(host)) == 0, "connect to AF_HOSTNAME localhost");
+	close(fd);
+
+	fd = tls_socket("wrong.example");
+	errno = 0;
+	check(connect(fd, (struct sockaddr *)&in, sizeof(in)) < 0 && errno == EPROTO, "wrong host name: EPROTO");
+	len = sizeof(text);
+	text[0] = 0;
+	getsockopt(fd, IPPROTO_TLS, TLS_ERROR, text, &len);
+	printf("TLS_ERROR: %s\n", text);
+	check(strstr(text, "not valid for 'wrong.example'") != NULL, "TLS_ERROR says why");
+	close(fd);
+
+	fd = tls_socket(NULL);
+	int bad = 1;
+	errno = 0;
+	check(setsockopt(fd, IPPROTO_TLS, TLS_VERSION_MIN, &bad, sizeof(bad)) < 0 && errno == EINVAL,
+	      "TLS_VERSION_MIN 1 is EINVAL");
+	errno = 0;
+	check(setsockopt(fd, IPPROTO_TLS, TLS_VERSION_MIN, &bad, 2) < 0 && errno == EINVAL, "a 2-byte int is EINVAL");
+	int v13 = TLS_1_3;
+	check(setsockopt(fd, IPPROTO_TLS, TLS_VERSION_MIN, &v13, sizeof(v13)) == 0, "TLS_VERSION_MIN TLS_1_3");
+	close(fd);
+
+	printf("tls-connect: %d failure(s)\n", failures);
+	return failures != 0;
+}
