@@ -9,8 +9,10 @@
 //! socket (CREATE), `setsockopt`/`getsockopt` at level IPPROTO_TLS map to
 //! SETOPT/GETOPT, a blocking `connect()` to an AF_INET or AF_HOSTNAME
 //! address waits for the device's CONNECT_DONE event, and `close()`
-//! releases the socket (CLOSE). Data is the next step (see
-//! guest-driver/README.md).
+//! releases the socket (CLOSE). `send`/`recv` (and read/write) move data
+//! on the first data queue pair under the spec's credit flow control.
+//! Waiting is done by polling the used rings from the caller (see
+//! guest-driver/README.md for what comes next).
 //!
 //! Rust-for-Linux 6.12 has no virtio abstractions: this module calls the
 //! virtio core through the generated bindings (added to the guest kernel by
@@ -69,6 +71,13 @@ struct Device {
     events: KVec<u8>,
     /// Sockets the driver has, with what the device said about them.
     sockets: KVec<SocketEntry>,
+    rx: *mut bindings::virtqueue,
+    tx: *mut bindings::virtqueue,
+    /// RX_BUFFERS receive buffers back to back, and one transmit buffer.
+    rx_buffers: KVec<u8>,
+    tx_buffer: KVec<u8>,
+    /// The device's receive buffer per socket (config socket_buf_size).
+    device_buf_alloc: u32,
     /// kmalloc'd request and response buffers (DMA-able, unlike the stack).
     request: KVec<u8>,
     response: KVec<u8>,
@@ -80,7 +89,55 @@ struct SocketEntry {
     id: u32,
     /// CONNECT_DONE's status, once it came.
     connect_status: Option<u32>,
+    /// SOCKET_ERROR's status.
+    error: Option<u32>,
+    /// Received bytes not yet read, from `rx_start` on.
+    rx: KVec<u8>,
+    rx_start: usize,
+    /// The peer ended its stream (EOF flag).
+    eof: bool,
+    /// Payload bytes sent, ever (the spec's tx_cnt; CLOSE's tx_bytes).
+    tx_bytes: u64,
+    /// The device's credit view (spec 2.8.2).
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    /// Bytes the application read, ever, and what the device last heard.
+    fwd_cnt: u32,
+    fwd_reported: u32,
 }
+
+impl SocketEntry {
+    fn new(id: u32, peer_buf_alloc: u32) -> SocketEntry {
+        SocketEntry {
+            id,
+            connect_status: None,
+            error: None,
+            rx: KVec::new(),
+            rx_start: 0,
+            eof: false,
+            tx_bytes: 0,
+            peer_buf_alloc,
+            peer_fwd_cnt: 0,
+            fwd_cnt: 0,
+            fwd_reported: 0,
+        }
+    }
+
+    fn credit(&self) -> u32 {
+        self.peer_buf_alloc.saturating_sub((self.tx_bytes as u32).wrapping_sub(self.peer_fwd_cnt))
+    }
+
+    fn unread(&self) -> usize {
+        self.rx.len() - self.rx_start
+    }
+}
+
+const RX_BUFFERS: usize = 16;
+const RX_PAYLOAD: usize = 8192;
+const RX_BUFFER: usize = wire::DataHeader::SIZE + RX_PAYLOAD;
+const TX_PAYLOAD: usize = 4096;
+/// The driver's receive buffer per socket (its buf_alloc).
+const DRIVER_BUF_ALLOC: u32 = 256 * 1024;
 
 const EVENT_BUFFERS: usize = 16;
 
@@ -102,6 +159,100 @@ impl Device {
         }
     }
 
+    /// Makes receive buffer `index` available to the device again.
+    fn post_rx_buffer(&mut self, index: usize) -> c_int {
+        // SAFETY: scatterlist is a plain C struct set by sg_init_one.
+        let mut sg: bindings::scatterlist = unsafe { core::mem::zeroed() };
+        // SAFETY: as in post_event_buffer.
+        unsafe {
+            let buffer = self.rx_buffers.as_mut_ptr().add(index * RX_BUFFER);
+            bindings::sg_init_one(&mut sg, buffer.cast::<c_void>(), RX_BUFFER as u32);
+            bindings::virtqueue_add_inbuf(self.rx, &mut sg, 1, buffer.cast::<c_void>(), bindings::GFP_KERNEL)
+        }
+    }
+
+    /// Takes received data and credit updates (spec 2.8).
+    fn collect_rx(&mut self) {
+        let mut reposted = false;
+        loop {
+            let mut len: core::ffi::c_uint = 0;
+            // SAFETY: the receive queue of the bound device.
+            let token = unsafe { bindings::virtqueue_get_buf(self.rx, &mut len) };
+            if token.is_null() {
+                break;
+            }
+            let offset = token as usize - self.rx_buffers.as_ptr() as usize;
+            let used = (len as usize).min(RX_BUFFER);
+            if let Some(header) = wire::DataHeader::decode(&self.rx_buffers[offset..offset + used]) {
+                let payload_len = (header.len as usize).min(used - wire::DataHeader::SIZE);
+                let start = offset + wire::DataHeader::SIZE;
+                // Split borrows: the entry lives in `sockets`, the bytes in `rx_buffers`.
+                let (sockets, buffers) = (&mut self.sockets, &self.rx_buffers);
+                if let Some(entry) = sockets.iter_mut().find(|e| e.id == header.socket_id && e.id != 0) {
+                    entry.peer_buf_alloc = header.buf_alloc;
+                    entry.peer_fwd_cnt = header.fwd_cnt;
+                    if header.op == wire::VIRTIO_TLS_DATA_OP_RW {
+                        if entry.rx.extend_from_slice(&buffers[start..start + payload_len], GFP_KERNEL).is_err() {
+                            entry.error = Some(bindings::ENOMEM);
+                        }
+                        if header.flags & wire::VIRTIO_TLS_DATA_F_EOF != 0 {
+                            entry.eof = true;
+                        }
+                    }
+                }
+            }
+            self.post_rx_buffer(offset / RX_BUFFER);
+            reposted = true;
+        }
+        if reposted {
+            // SAFETY: as above.
+            unsafe { bindings::virtqueue_kick(self.rx) };
+        }
+    }
+
+    /// Sends one data packet on the transmit queue and waits until the
+    /// device has taken it (the single transmit buffer is then free).
+    fn send_packet(&mut self, socket_id: u32, op: u16, payload: &[u8]) -> Result {
+        let Some(entry) = self.entry(socket_id) else { return Err(EBADF) };
+        let header = wire::DataHeader {
+            socket_id,
+            op,
+            flags: 0,
+            len: payload.len() as u32,
+            buf_alloc: DRIVER_BUF_ALLOC,
+            fwd_cnt: entry.fwd_cnt,
+            reserved: 0,
+        };
+        entry.fwd_reported = entry.fwd_cnt;
+        entry.tx_bytes += payload.len() as u64;
+        let total = wire::DataHeader::SIZE + payload.len();
+        self.tx_buffer[..wire::DataHeader::SIZE].copy_from_slice(&header.encode());
+        self.tx_buffer[wire::DataHeader::SIZE..total].copy_from_slice(payload);
+        // SAFETY: scatterlist is a plain C struct set by sg_init_one.
+        let mut sg: bindings::scatterlist = unsafe { core::mem::zeroed() };
+        let mut len: core::ffi::c_uint = 0;
+        // SAFETY: the transmit buffer is kmalloc'd and stays untouched until
+        // the device returns it, which we wait for below.
+        unsafe {
+            let buffer = self.tx_buffer.as_mut_ptr();
+            bindings::sg_init_one(&mut sg, buffer.cast::<c_void>(), total as u32);
+            let err = bindings::virtqueue_add_outbuf(self.tx, &mut sg, 1, buffer.cast::<c_void>(), bindings::GFP_KERNEL);
+            if err != 0 {
+                return Err(Error::from_errno(err));
+            }
+            bindings::virtqueue_kick(self.tx);
+            let mut waited = 0;
+            while bindings::virtqueue_get_buf(self.tx, &mut len).is_null() {
+                if waited >= 100_000 {
+                    return Err(Error::from_errno(-(bindings::ETIMEDOUT as c_int)));
+                }
+                bindings::usleep_range_state(20, 200, bindings::TASK_UNINTERRUPTIBLE);
+                waited += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Takes the events the device returned and recycles their buffers.
     /// The event queue has no interrupt callback yet: waiters poll this.
     fn collect_events(&mut self) {
@@ -117,9 +268,11 @@ impl Device {
             let index = offset / wire::Event::SIZE;
             let event = wire::Event::decode(&self.events[offset..offset + wire::Event::SIZE]);
             if let (Some(event), true) = (event, len as usize >= wire::Event::SIZE) {
-                if let Some(entry) = self.entry(event.socket_id) {
-                    if event.event == wire::VIRTIO_TLS_EVENT_CONNECT_DONE {
-                        entry.connect_status = Some(event.status);
+                if let Some(entry) = self.entry(event.socket_id).filter(|e| e.id != 0) {
+                    match event.event {
+                        wire::VIRTIO_TLS_EVENT_CONNECT_DONE => entry.connect_status = Some(event.status),
+                        wire::VIRTIO_TLS_EVENT_SOCKET_ERROR => entry.error = Some(event.status),
+                        _ => {}
                     }
                 }
             }
@@ -260,11 +413,30 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         pr_err!("cannot set up virtqueues: {}\n", err);
         return err;
     }
-    let (request, response, events) = match (dma_buffer(4096), dma_buffer(4096), dma_buffer(EVENT_BUFFERS * wire::Event::SIZE)) {
-        (Ok(request), Ok(response), Ok(events)) => (request, response, events),
-        _ => return -(bindings::ENOMEM as c_int),
+    let buffers = (
+        dma_buffer(4096),
+        dma_buffer(4096),
+        dma_buffer(EVENT_BUFFERS * wire::Event::SIZE),
+        dma_buffer(RX_BUFFERS * RX_BUFFER),
+        dma_buffer(wire::DataHeader::SIZE + TX_PAYLOAD),
+    );
+    let (Ok(request), Ok(response), Ok(events), Ok(rx_buffers), Ok(tx_buffer)) = buffers else {
+        return -(bindings::ENOMEM as c_int);
     };
-    let device = Device { control: vqs[0], event: vqs[1], events, sockets: KVec::new(), request, response, next_request_id: 0 };
+    let device = Device {
+        control: vqs[0],
+        event: vqs[1],
+        events,
+        sockets: KVec::new(),
+        rx: vqs[2],
+        tx: vqs[3],
+        rx_buffers,
+        tx_buffer,
+        device_buf_alloc: config.socket_buf_size,
+        request,
+        response,
+        next_request_id: 0,
+    };
     // virtio_device_ready(): DRIVER_OK on top of the current status.
     if let (Some(get_status), Some(set_status)) = (ops.get_status, ops.set_status) {
         // SAFETY: status accessors of a live device.
@@ -278,8 +450,14 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
             for index in 0..EVENT_BUFFERS {
                 device.post_event_buffer(index);
             }
-            // SAFETY: the event queue of the device just set up.
-            unsafe { bindings::virtqueue_kick(device.event) };
+            for index in 0..RX_BUFFERS {
+                device.post_rx_buffer(index);
+            }
+            // SAFETY: the queues of the device just set up.
+            unsafe {
+                bindings::virtqueue_kick(device.event);
+                bindings::virtqueue_kick(device.rx);
+            }
         }
     }
     pr_info!(
@@ -332,14 +510,14 @@ static PROTOSW: Shared<bindings::inet_protosw> =
 
 /// proto.init: the new socket gets its device socket (CREATE).
 unsafe extern "C" fn tls_init(sk: *mut bindings::sock) -> c_int {
-    let request = wire::CreateRequest { family: wire::VIRTIO_TLS_AF_INET, queue_pair: 0, buf_alloc: 256 * 1024 };
+    let request = wire::CreateRequest { family: wire::VIRTIO_TLS_AF_INET, queue_pair: 0, buf_alloc: DRIVER_BUF_ALLOC };
     match control_request(wire::VIRTIO_TLS_OP_CREATE, 0, &request.encode()) {
         Ok(response) if response.status == 0 => {
             // SAFETY: sk was allocated with obj_size = size_of::<TlsSock>().
             unsafe { (*sk.cast::<TlsSock>()).socket_id = response.socket_id };
             let mut guard = ControlGuard::lock();
-            let entry = SocketEntry { id: response.socket_id, connect_status: None };
             let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
+            let entry = SocketEntry::new(response.socket_id, device.device_buf_alloc);
             match device.entry(0) {
                 Some(free) => {
                     *free = entry;
@@ -362,14 +540,16 @@ unsafe extern "C" fn tls_close(sk: *mut bindings::sock, _timeout: kernel::ffi::c
     let socket_id = unsafe { (*sk.cast::<TlsSock>()).socket_id };
     if socket_id != 0 {
         let mut guard = ControlGuard::lock();
+        let mut tx_bytes = 0;
         if let Some(device) = guard.device() {
             if let Some(entry) = device.entry(socket_id) {
+                tx_bytes = entry.tx_bytes;
                 // A free slot (id 0 is never a socket id) for the next socket.
-                *entry = SocketEntry { id: 0, connect_status: None };
+                *entry = SocketEntry::new(0, 0);
             }
         }
         drop(guard);
-        let request = wire::CloseRequest { tx_bytes: 0 };
+        let request = wire::CloseRequest { tx_bytes };
         if let Err(error) = control_request(wire::VIRTIO_TLS_OP_CLOSE, socket_id, &request.encode()) {
             pr_warn!("closing socket {} failed: {:?}\n", socket_id, error);
         }
@@ -515,6 +695,7 @@ unsafe extern "C" fn tls_connect(
         let mut guard = ControlGuard::lock();
         if let Some(entry) = guard.device().and_then(|device| device.entry(socket_id)) {
             entry.connect_status = None;
+            entry.error = None;
         }
     }
     match control_request(wire::VIRTIO_TLS_OP_CONNECT, socket_id, &target.encode()) {
@@ -548,6 +729,116 @@ unsafe extern "C" fn tls_connect(
         }
     }
     -(bindings::ETIMEDOUT as c_int)
+}
+
+fn sleep_briefly() {
+    // SAFETY: sleeping in process context.
+    unsafe { bindings::usleep_range_state(50, 500, bindings::TASK_UNINTERRUPTIBLE) };
+}
+
+fn nonblocking(sock: *mut bindings::socket, flags: c_int) -> bool {
+    // SAFETY: the core passes a live socket with its file.
+    let file_flags = unsafe { if (*sock).file.is_null() { 0 } else { (*(*sock).file).f_flags } };
+    flags as u32 & bindings::MSG_DONTWAIT != 0 || file_flags & bindings::O_NONBLOCK != 0
+}
+
+/// `send`/`write`: as much as fits in the device's credit, in packets of
+/// up to TX_PAYLOAD bytes; waits for credit unless non-blocking.
+unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings::msghdr, total: usize) -> c_int {
+    // SAFETY: the core passes a live socket.
+    if unsafe { (*sock).state } != bindings::socket_state_SS_CONNECTED {
+        return -(bindings::ENOTCONN as c_int);
+    }
+    // SAFETY: as above.
+    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let dontwait = nonblocking(sock, 0);
+    let mut chunk = [0u8; TX_PAYLOAD];
+    let mut sent = 0usize;
+    let total = total.min(i32::MAX as usize);
+    while sent < total {
+        let mut guard = ControlGuard::lock();
+        let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
+        device.collect_events();
+        device.collect_rx();
+        let Some(entry) = device.entry(socket_id) else { return -(bindings::EBADF as c_int) };
+        if let Some(errno) = entry.error {
+            return if sent > 0 { sent as c_int } else { -(errno as c_int) };
+        }
+        let room = (entry.credit() as usize).min(TX_PAYLOAD).min(total - sent);
+        if room == 0 {
+            drop(guard);
+            if dontwait {
+                return if sent > 0 { sent as c_int } else { -(bindings::EAGAIN as c_int) };
+            }
+            sleep_briefly();
+            continue;
+        }
+        // SAFETY: copies `room` bytes from the caller's iterator into our
+        // buffer of at least that size.
+        let copied = unsafe { bindings::_copy_from_iter(chunk.as_mut_ptr().cast::<c_void>(), room, &mut (*msg).msg_iter) };
+        if copied == 0 {
+            return if sent > 0 { sent as c_int } else { -(bindings::EFAULT as c_int) };
+        }
+        if let Err(error) = device.send_packet(socket_id, wire::VIRTIO_TLS_DATA_OP_RW, &chunk[..copied]) {
+            return if sent > 0 { sent as c_int } else { error.to_errno() };
+        }
+        sent += copied;
+    }
+    sent as c_int
+}
+
+/// `recv`/`read`: what has arrived, up to `total`; 0 at the peer's
+/// close_notify; waits for data unless non-blocking.
+unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings::msghdr, total: usize, flags: c_int) -> c_int {
+    // SAFETY: the core passes a live socket.
+    if unsafe { (*sock).state } != bindings::socket_state_SS_CONNECTED {
+        return -(bindings::ENOTCONN as c_int);
+    }
+    // SAFETY: as above.
+    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let dontwait = nonblocking(sock, flags);
+    let peek = flags as u32 & bindings::MSG_PEEK != 0;
+    loop {
+        let mut guard = ControlGuard::lock();
+        let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
+        device.collect_events();
+        device.collect_rx();
+        let Some(entry) = device.entry(socket_id) else { return -(bindings::EBADF as c_int) };
+        let unread = entry.unread();
+        if unread > 0 {
+            let n = unread.min(total).min(i32::MAX as usize);
+            let start = entry.rx_start;
+            // SAFETY: copies n bytes of our buffer to the caller's iterator.
+            let copied = unsafe { bindings::_copy_to_iter(entry.rx.as_ptr().add(start).cast::<c_void>(), n, &mut (*msg).msg_iter) };
+            if copied == 0 {
+                return -(bindings::EFAULT as c_int);
+            }
+            if !peek {
+                entry.rx_start += copied;
+                entry.fwd_cnt = entry.fwd_cnt.wrapping_add(copied as u32);
+                if entry.rx_start == entry.rx.len() {
+                    entry.rx = KVec::new();
+                    entry.rx_start = 0;
+                }
+                // Tell the device about freed room once a quarter moved.
+                if entry.fwd_cnt.wrapping_sub(entry.fwd_reported) >= DRIVER_BUF_ALLOC / 4 {
+                    let _ = device.send_packet(socket_id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
+                }
+            }
+            return copied as c_int;
+        }
+        if let Some(errno) = entry.error {
+            return -(errno as c_int);
+        }
+        if entry.eof {
+            return 0;
+        }
+        drop(guard);
+        if dontwait {
+            return -(bindings::EAGAIN as c_int);
+        }
+        sleep_briefly();
+    }
 }
 
 /// TLS sockets live on the device, not in the kernel's hash tables.
@@ -586,8 +877,8 @@ fn register_protocol(module: &'static ThisModule) -> Result {
         (*ops).getname = Some(bindings::sock_no_getname);
         (*ops).listen = Some(bindings::sock_no_listen);
         (*ops).shutdown = Some(bindings::sock_no_shutdown);
-        (*ops).sendmsg = Some(bindings::sock_no_sendmsg);
-        (*ops).recvmsg = Some(bindings::sock_no_recvmsg);
+        (*ops).sendmsg = Some(tls_sendmsg);
+        (*ops).recvmsg = Some(tls_recvmsg);
         (*ops).mmap = Some(bindings::sock_no_mmap);
 
         (*protosw).type_ = bindings::sock_type_SOCK_STREAM as _;
