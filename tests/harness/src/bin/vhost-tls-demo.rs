@@ -1,8 +1,14 @@
 //! The main job, with nothing to configure: an HTTPS server on loopback
-//! with a throwaway CA, the vhost-tls backend (the real `vhost-tls` binary
-//! when it sits beside this one) with an embedded policy that trusts that
-//! CA, and the harness as the guest driver fetching a page by host name
-//! through the device.
+//! with a throwaway CA, and a client fetching a page from it by host name
+//! through the virtio-tls device, under an embedded policy that trusts
+//! that CA.
+//!
+//! `vhost-tls-demo --vm`: the client is a program in a guest under QEMU,
+//! using `socket(AF_INET, SOCK_STREAM, IPPROTO_TLS)` through the Rust guest
+//! driver (`qemu/vm` starts the backend and the guest).
+//! `vhost-tls-demo`: the client is the test harness playing the guest
+//! driver over vhost-user (the real `vhost-tls` binary when it sits beside
+//! this one), no VM needed.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
@@ -19,7 +25,8 @@ const PAGE: &str = "Hello from the host! This page came through virtio-tls: \
 the guest asked for a host name, the hypervisor's backend did the TLS.\n";
 
 fn main() -> ExitCode {
-    match run() {
+    let in_vm = std::env::args().skip(1).any(|arg| arg == "--vm");
+    match if in_vm { run_in_vm() } else { run() } {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("vhost-tls-demo: {error}");
@@ -109,6 +116,70 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     device.close(id).map_err(|e| format!("close: {e}"))?;
     if !String::from_utf8_lossy(&reply).contains(PAGE.trim_end()) {
         return Err("the reply does not contain the page".into());
+    }
+    Ok(())
+}
+
+/// The repository this demo was built from (qemu/, guest-driver/).
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `command`, returning the last line it printed.
+fn last_line_of(command: &mut Command) -> Result<String, Box<dyn std::error::Error>> {
+    let output = command.stderr(std::process::Stdio::inherit()).output()?;
+    if !output.status.success() {
+        return Err(format!("{command:?} failed ({})", output.status).into());
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    Ok(stdout.lines().last().unwrap_or_default().to_owned())
+}
+
+fn run_in_vm() -> Result<(), Box<dyn std::error::Error>> {
+    let root = repo_root();
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new("vhost-tls demo CA (throwaway)");
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, LOOPBACK_POLICY)?;
+    let identity = ca.issue(&["localhost"], Validity::Current);
+    let server = RustlsServer::start(
+        "127.0.0.1:0".parse()?,
+        &identity,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        Behaviour::Http { body: PAGE.to_owned() },
+    );
+    println!("HTTPS server on the host: https://localhost:{}/ (certificate from a throwaway CA)", server.addr.port());
+
+    let module = last_line_of(&mut Command::new(root.join("guest-driver/build-module")))?;
+    let fetch = dir.path().join("tls-fetch");
+    let compiled = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&fetch)
+        .arg(root.join("guest-driver/examples/tls-fetch.c"))
+        .status()?;
+    if !compiled.success() {
+        return Err("cannot compile guest-driver/examples/tls-fetch.c".into());
+    }
+    let port = server.addr.port().to_string();
+    println!("guest:        tls-fetch localhost {port} /   (socket(AF_INET, SOCK_STREAM, IPPROTO_TLS) via virtio_tls.ko)\n");
+    let output = Command::new(root.join("qemu/vm"))
+        .args(["run", "--strict", "--timeout", "300", "--policy"])
+        .arg(&policy)
+        .arg("--add")
+        .arg(format!("{module}:/lib/modules/virtio_tls.ko"))
+        .arg("--add")
+        .arg(format!("{}:/bin/tls-fetch", fetch.display()))
+        .args(["--", "tls-fetch", "localhost", &port, "/"])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    print!("{text}");
+    if !output.status.success() {
+        return Err(format!("the guest's fetch failed ({})", output.status).into());
+    }
+    if !text.contains(PAGE.trim_end()) {
+        return Err("the guest's reply does not contain the page".into());
     }
     Ok(())
 }
