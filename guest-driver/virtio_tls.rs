@@ -130,6 +130,22 @@ impl SocketEntry {
     fn unread(&self) -> usize {
         self.rx.len() - self.rx_start
     }
+
+    /// Drops the bytes already read once they are worth a copy, so the
+    /// buffer stays near the credit bound (DRIVER_BUF_ALLOC) however the
+    /// application interleaves reads with arrivals.
+    fn compact_rx(&mut self) {
+        if self.rx_start == self.rx.len() {
+            self.rx = KVec::new();
+            self.rx_start = 0;
+        } else if self.rx_start >= 32 * 1024 {
+            let mut unread = KVec::new();
+            if unread.extend_from_slice(&self.rx[self.rx_start..], GFP_KERNEL).is_ok() {
+                self.rx = unread;
+                self.rx_start = 0;
+            }
+        }
+    }
 }
 
 const RX_BUFFERS: usize = 16;
@@ -816,10 +832,7 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
             if !peek {
                 entry.rx_start += copied;
                 entry.fwd_cnt = entry.fwd_cnt.wrapping_add(copied as u32);
-                if entry.rx_start == entry.rx.len() {
-                    entry.rx = KVec::new();
-                    entry.rx_start = 0;
-                }
+                entry.compact_rx();
                 // Tell the device about freed room once a quarter moved.
                 if entry.fwd_cnt.wrapping_sub(entry.fwd_reported) >= DRIVER_BUF_ALLOC / 4 {
                     let _ = device.send_packet(socket_id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
@@ -838,6 +851,32 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
             return -(bindings::EAGAIN as c_int);
         }
         sleep_briefly();
+    }
+}
+
+/// `shutdown()`: SHUTDOWN with the bytes sent so far, so the device sends
+/// close_notify after them (SHUT_WR) and/or drops what comes (SHUT_RD).
+unsafe extern "C" fn tls_shutdown(sock: *mut bindings::socket, how: c_int) -> c_int {
+    // SAFETY: the core passes a live socket.
+    if unsafe { (*sock).state } != bindings::socket_state_SS_CONNECTED {
+        return -(bindings::ENOTCONN as c_int);
+    }
+    if !(0..=2).contains(&how) {
+        return -(bindings::EINVAL as c_int);
+    }
+    // SAFETY: as above.
+    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let tx_bytes = {
+        let mut guard = ControlGuard::lock();
+        match guard.device().and_then(|device| device.entry(socket_id)) {
+            Some(entry) => entry.tx_bytes,
+            None => return -(bindings::EBADF as c_int),
+        }
+    };
+    let request = wire::ShutdownRequest { how: how as u32, reserved: 0, tx_bytes };
+    match control_request(wire::VIRTIO_TLS_OP_SHUTDOWN, socket_id, &request.encode()) {
+        Ok(response) => -(response.status as c_int),
+        Err(error) => error.to_errno(),
     }
 }
 
@@ -876,7 +915,7 @@ fn register_protocol(module: &'static ThisModule) -> Result {
         (*ops).accept = Some(bindings::sock_no_accept);
         (*ops).getname = Some(bindings::sock_no_getname);
         (*ops).listen = Some(bindings::sock_no_listen);
-        (*ops).shutdown = Some(bindings::sock_no_shutdown);
+        (*ops).shutdown = Some(tls_shutdown);
         (*ops).sendmsg = Some(tls_sendmsg);
         (*ops).recvmsg = Some(tls_recvmsg);
         (*ops).mmap = Some(bindings::sock_no_mmap);
