@@ -164,27 +164,12 @@ impl Device {
 
     /// Makes event buffer `index` available to the device again.
     fn post_event_buffer(&mut self, index: usize) -> c_int {
-        // SAFETY: scatterlist is a plain C struct set by sg_init_one.
-        let mut sg: bindings::scatterlist = unsafe { core::mem::zeroed() };
-        // SAFETY: the buffer is kmalloc'd, lives in DEVICE until remove()
-        // resets the device, and the token is its address.
-        unsafe {
-            let buffer = self.events.as_mut_ptr().add(index * wire::Event::SIZE);
-            bindings::sg_init_one(&mut sg, buffer.cast::<c_void>(), wire::Event::SIZE as u32);
-            bindings::virtqueue_add_inbuf(self.event, &mut sg, 1, buffer.cast::<c_void>(), bindings::GFP_KERNEL)
-        }
+        post_inbuf(self.event, &mut self.events, index, wire::Event::SIZE)
     }
 
     /// Makes receive buffer `index` available to the device again.
     fn post_rx_buffer(&mut self, index: usize) -> c_int {
-        // SAFETY: scatterlist is a plain C struct set by sg_init_one.
-        let mut sg: bindings::scatterlist = unsafe { core::mem::zeroed() };
-        // SAFETY: as in post_event_buffer.
-        unsafe {
-            let buffer = self.rx_buffers.as_mut_ptr().add(index * RX_BUFFER);
-            bindings::sg_init_one(&mut sg, buffer.cast::<c_void>(), RX_BUFFER as u32);
-            bindings::virtqueue_add_inbuf(self.rx, &mut sg, 1, buffer.cast::<c_void>(), bindings::GFP_KERNEL)
-        }
+        post_inbuf(self.rx, &mut self.rx_buffers, index, RX_BUFFER)
     }
 
     /// Takes received data and credit updates (spec 2.8).
@@ -299,6 +284,23 @@ impl Device {
             // SAFETY: as above.
             unsafe { bindings::virtqueue_kick(self.event) };
         }
+    }
+}
+
+/// Posts slot `index` of `buffers` (slots of `size` bytes) as a
+/// device-writable buffer on `vq`; the slot's address is its token.
+fn post_inbuf(vq: *mut bindings::virtqueue, buffers: &mut KVec<u8>, index: usize, size: usize) -> c_int {
+    if (index + 1) * size > buffers.len() {
+        return -(bindings::EINVAL as c_int);
+    }
+    // SAFETY: scatterlist is a plain C struct set by sg_init_one.
+    let mut sg: bindings::scatterlist = unsafe { core::mem::zeroed() };
+    // SAFETY: the slot is in bounds (checked above) of a kmalloc'd buffer
+    // that lives in DEVICE until remove() resets the device.
+    unsafe {
+        let slot = buffers.as_mut_ptr().add(index * size);
+        bindings::sg_init_one(&mut sg, slot.cast::<c_void>(), size as u32);
+        bindings::virtqueue_add_inbuf(vq, &mut sg, 1, slot.cast::<c_void>(), bindings::GFP_KERNEL)
     }
 }
 

@@ -53,11 +53,12 @@ impl Drop for Backend {
     }
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
+/// The embedded part of the demo: a throwaway CA, the embedded policy
+/// trusting it (in `dir`), and an HTTPS server for localhost serving PAGE.
+fn page_server(dir: &std::path::Path) -> Result<(RustlsServer, PathBuf), Box<dyn std::error::Error>> {
     let ca = TestCa::new("vhost-tls demo CA (throwaway)");
-    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
-    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, LOOPBACK_POLICY)?;
     let identity = ca.issue(&["localhost"], Validity::Current);
     let server = RustlsServer::start(
@@ -66,7 +67,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         &[&rustls::version::TLS13, &rustls::version::TLS12],
         Behaviour::Http { body: PAGE.to_owned() },
     );
-    println!("HTTPS server: https://localhost:{}/ (certificate from a throwaway CA)", server.addr.port());
+    println!("HTTPS server on the host: https://localhost:{}/ (certificate from a throwaway CA)", server.addr.port());
+    Ok((server, policy_path))
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let (server, policy_path) = page_server(dir.path())?;
 
     let socket = dir.path().join("vhost-tls.sock");
     let _backend = match sibling_binary("vhost-tls") {
@@ -138,18 +145,7 @@ fn last_line_of(command: &mut Command) -> Result<String, Box<dyn std::error::Err
 fn run_in_vm() -> Result<(), Box<dyn std::error::Error>> {
     let root = repo_root();
     let dir = tempfile::tempdir()?;
-    let ca = TestCa::new("vhost-tls demo CA (throwaway)");
-    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, LOOPBACK_POLICY)?;
-    let identity = ca.issue(&["localhost"], Validity::Current);
-    let server = RustlsServer::start(
-        "127.0.0.1:0".parse()?,
-        &identity,
-        &[&rustls::version::TLS13, &rustls::version::TLS12],
-        Behaviour::Http { body: PAGE.to_owned() },
-    );
-    println!("HTTPS server on the host: https://localhost:{}/ (certificate from a throwaway CA)", server.addr.port());
+    let (server, policy) = page_server(dir.path())?;
 
     let module = last_line_of(&mut Command::new(root.join("guest-driver/build-module")))?;
     let fetch = dir.path().join("tls-fetch");
