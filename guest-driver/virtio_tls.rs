@@ -742,11 +742,22 @@ unsafe extern "C" fn tls_connect(
                 return 0;
             }
             Some(errno) => return -(errno as c_int),
+            // The device keeps connecting; like TCP, a later connect says
+            // EALREADY until it is done.
+            None if interrupted() => return -(bindings::EINTR as c_int),
             // SAFETY: sleeping in process context.
             None => unsafe { bindings::usleep_range_state(200, 1000, bindings::TASK_UNINTERRUPTIBLE) },
         }
     }
     -(bindings::ETIMEDOUT as c_int)
+}
+
+/// Whether the calling task has a signal to handle: blocking socket calls
+/// return then, as TCP's do.
+fn interrupted() -> bool {
+    // SAFETY: called from a syscall, where `current` is the calling task
+    // and outlives this function.
+    unsafe { kernel::task::Task::current() }.signal_pending()
 }
 
 fn sleep_briefly() {
@@ -787,6 +798,9 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
             drop(guard);
             if dontwait {
                 return if sent > 0 { sent as c_int } else { -(bindings::EAGAIN as c_int) };
+            }
+            if interrupted() {
+                return if sent > 0 { sent as c_int } else { -(bindings::EINTR as c_int) };
             }
             sleep_briefly();
             continue;
@@ -852,6 +866,9 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
         if dontwait {
             return -(bindings::EAGAIN as c_int);
         }
+        if interrupted() {
+            return -(bindings::EINTR as c_int);
+        }
         sleep_briefly();
     }
 }
@@ -882,6 +899,17 @@ unsafe extern "C" fn tls_shutdown(sock: *mut bindings::socket, how: c_int) -> c_
     }
 }
 
+/// `bind()`: server sockets come with VIRTIO_TLS_F_SERVER; binding a
+/// connected socket is EINVAL, as SSA's tests expect.
+unsafe extern "C" fn tls_bind(sock: *mut bindings::socket, _addr: *mut bindings::sockaddr, _len: c_int) -> c_int {
+    // SAFETY: the core passes a live socket.
+    if unsafe { (*sock).state } == bindings::socket_state_SS_CONNECTED {
+        -(bindings::EINVAL as c_int)
+    } else {
+        -(bindings::EOPNOTSUPP as c_int)
+    }
+}
+
 /// TLS sockets live on the device, not in the kernel's hash tables.
 unsafe extern "C" fn tls_hash(_sk: *mut bindings::sock) -> c_int {
     0
@@ -909,7 +937,7 @@ fn register_protocol(module: &'static ThisModule) -> Result {
         (*ops).family = bindings::AF_INET as _;
         (*ops).owner = module.as_ptr();
         (*ops).release = Some(bindings::inet_release);
-        (*ops).bind = Some(bindings::sock_no_bind);
+        (*ops).bind = Some(tls_bind);
         (*ops).connect = Some(tls_connect);
         (*ops).setsockopt = Some(bindings::sock_common_setsockopt);
         (*ops).getsockopt = Some(bindings::sock_common_getsockopt);

@@ -4,6 +4,7 @@
  * usage: tls-connect PORT   (a TLS server for "localhost" on the host) */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,11 @@ static void check(int ok, const char *what)
 	if (!ok)
 		printf("  errno %d (%s)\n", errno, strerror(errno));
 	failures += !ok;
+}
+
+static void on_alarm(int signal)
+{
+	(void)signal;
 }
 
 static int tls_socket(const char *hostname)
@@ -59,6 +65,20 @@ int main(int argc, char **argv)
 	errno = 0;
 	check(setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "x.test", 7) < 0 && errno == EISCONN,
 	      "TLS_HOSTNAME after connect is EISCONN");
+	errno = 0;
+	check(bind(fd, (struct sockaddr *)&in, sizeof(in)) < 0 && errno == EINVAL, "bind after connect is EINVAL");
+	errno = 0;
+	check(listen(fd, 1) < 0 && errno == EOPNOTSUPP, "listen after connect is EOPNOTSUPP");
+	/* The server waits for a request: a blocking read waits until a
+	 * signal interrupts it, as on a TCP socket. */
+	struct sigaction action = { .sa_handler = on_alarm };
+	sigaction(SIGALRM, &action, NULL);
+	alarm(1);
+	char byte;
+	errno = 0;
+	check(read(fd, &byte, 1) < 0 && errno == EINTR, "a signal interrupts a blocking read (EINTR)");
+	errno = 0;
+	check(recv(fd, &byte, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "MSG_DONTWAIT with nothing to read is EAGAIN");
 	close(fd);
 
 	struct sockaddr_host host = { .sh_family = AF_HOSTNAME, .sh_port = htons(port) };
