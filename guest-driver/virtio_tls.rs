@@ -5,7 +5,7 @@
 //! Binds the virtio-tls device, sets up its virtqueues from the spec's wire
 //! definitions (`spec/src/wire.rs`, the same file the host backend
 //! compiles), reads its configuration and sets DRIVER_OK, and registers
-//! IPPROTO_TLS (205) SOCK_STREAM for AF_INET: `socket()` creates a device
+//! IPPROTO_TLS (205) SOCK_STREAM for AF_INET and AF_INET6: `socket()` creates a device
 //! socket (CREATE), `setsockopt`/`getsockopt` at level IPPROTO_TLS map to
 //! SETOPT/GETOPT, a blocking `connect()` to an AF_INET or AF_HOSTNAME
 //! address waits for the device's CONNECT_DONE event, and `close()`
@@ -516,6 +516,24 @@ struct TlsSock {
     socket_id: u32,
 }
 
+/// An AF_INET6 TLS socket: inet6_create finds the IPv6 part through
+/// proto.ipv6_pinfo_offset.
+#[repr(C)]
+struct TlsSock6 {
+    tls: TlsSock,
+    ipv6: bindings::ipv6_pinfo,
+}
+
+static PROTO6: Shared<bindings::proto> =
+    // SAFETY: as for PROTO.
+    Shared(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
+static OPS6: Shared<bindings::proto_ops> =
+    // SAFETY: as for PROTO.
+    Shared(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
+static PROTOSW6: Shared<bindings::inet_protosw> =
+    // SAFETY: as for PROTO.
+    Shared(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
+
 static PROTO: Shared<bindings::proto> =
     // SAFETY: all-zero is a valid `struct proto`; fields are set in init.
     Shared(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
@@ -528,7 +546,12 @@ static PROTOSW: Shared<bindings::inet_protosw> =
 
 /// proto.init: the new socket gets its device socket (CREATE).
 unsafe extern "C" fn tls_init(sk: *mut bindings::sock) -> c_int {
-    let request = wire::CreateRequest { family: wire::VIRTIO_TLS_AF_INET, queue_pair: 0, buf_alloc: DRIVER_BUF_ALLOC };
+    // SAFETY: the core passes the socket it is creating.
+    let family = match unsafe { (*sk).__sk_common.skc_family } as u32 {
+        bindings::AF_INET6 => wire::VIRTIO_TLS_AF_INET6,
+        _ => wire::VIRTIO_TLS_AF_INET,
+    };
+    let request = wire::CreateRequest { family, queue_pair: 0, buf_alloc: DRIVER_BUF_ALLOC };
     match control_request(wire::VIRTIO_TLS_OP_CREATE, 0, &request.encode()) {
         Ok(response) if response.status == 0 => {
             // SAFETY: sk was allocated with obj_size = size_of::<TlsSock>().
@@ -672,6 +695,8 @@ unsafe extern "C" fn tls_getsockopt(
 
 /// SSA's `struct sockaddr_host`: family, port (network order), name[120].
 const SOCKADDR_HOST_LEN: usize = 2 + 2 + 120;
+/// `struct sockaddr_in6`: family, port, flowinfo, addr[16], scope_id.
+const SOCKADDR_IN6_LEN: usize = 28;
 
 /// `connect()`: CONNECT, then wait for CONNECT_DONE. Blocking only, for
 /// now: a non-blocking socket waits too (EINPROGRESS comes with poll).
@@ -687,7 +712,7 @@ unsafe extern "C" fn tls_connect(
     if unsafe { (*sock).state } == bindings::socket_state_SS_CONNECTED {
         return -(bindings::EISCONN as c_int);
     }
-    let len = (addr_len.max(0) as usize).min(SOCKADDR_HOST_LEN);
+    let len = (addr_len.max(0) as usize).min(SOCKADDR_HOST_LEN.max(SOCKADDR_IN6_LEN));
     if len < 4 {
         return -(bindings::EINVAL as c_int);
     }
@@ -697,6 +722,12 @@ unsafe extern "C" fn tls_connect(
     let port = u16::from_be_bytes([raw[2], raw[3]]);
     let target = match family {
         bindings::AF_INET if len >= 8 => wire::SockAddr::ipv4([raw[4], raw[5], raw[6], raw[7]], port),
+        bindings::AF_INET6 if len >= SOCKADDR_IN6_LEN => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&raw[8..24]);
+            let scope_id = u32::from_ne_bytes([raw[24], raw[25], raw[26], raw[27]]);
+            wire::SockAddr::ipv6(octets, port, scope_id)
+        }
         wire::AF_HOSTNAME if len > 4 => {
             let name = &raw[4..];
             let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
@@ -705,7 +736,7 @@ unsafe extern "C" fn tls_connect(
                 None => return -(bindings::EINVAL as c_int),
             }
         }
-        bindings::AF_INET | wire::AF_HOSTNAME => return -(bindings::EINVAL as c_int),
+        bindings::AF_INET | bindings::AF_INET6 | wire::AF_HOSTNAME => return -(bindings::EINVAL as c_int),
         _ => return -(bindings::EAFNOSUPPORT as c_int),
     };
     let socket_id = socket_id_of(sk);
@@ -917,16 +948,30 @@ unsafe extern "C" fn tls_hash(_sk: *mut bindings::sock) -> c_int {
 
 unsafe extern "C" fn tls_unhash(_sk: *mut bindings::sock) {}
 
-/// Fills in and registers the protocol: IPPROTO_TLS on AF_INET.
-fn register_protocol(module: &'static ThisModule) -> Result {
-    let (proto, ops, protosw) = (PROTO.0.get(), OPS.0.get(), PROTOSW.0.get());
-    // SAFETY: runs once in init before registration publishes the statics.
+/// Fills in one family's protocol, operations and switch entry.
+///
+/// # Safety
+///
+/// Only from init, before the entries are registered.
+unsafe fn fill_protocol(
+    module: &'static ThisModule,
+    proto: *mut bindings::proto,
+    ops: *mut bindings::proto_ops,
+    protosw: *mut bindings::inet_protosw,
+    family: u32,
+) {
+    // SAFETY: the caller guarantees nothing else uses these yet.
     unsafe {
-        for (to, from) in (*proto).name.iter_mut().zip(b"TLS\0") {
+        for (to, from) in (*proto).name.iter_mut().zip(if family == bindings::AF_INET6 { &b"TLSv6\0"[..] } else { &b"TLS\0"[..] }) {
             *to = *from as _;
         }
         (*proto).owner = module.as_ptr();
-        (*proto).obj_size = core::mem::size_of::<TlsSock>() as u32;
+        if family == bindings::AF_INET6 {
+            (*proto).obj_size = core::mem::size_of::<TlsSock6>() as u32;
+            (*proto).ipv6_pinfo_offset = core::mem::offset_of!(TlsSock6, ipv6) as u32;
+        } else {
+            (*proto).obj_size = core::mem::size_of::<TlsSock>() as u32;
+        }
         (*proto).init = Some(tls_init);
         (*proto).close = Some(tls_close);
         (*proto).hash = Some(tls_hash);
@@ -934,9 +979,9 @@ fn register_protocol(module: &'static ThisModule) -> Result {
         (*proto).getsockopt = Some(tls_getsockopt);
         (*proto).unhash = Some(tls_unhash);
 
-        (*ops).family = bindings::AF_INET as _;
+        (*ops).family = family as _;
         (*ops).owner = module.as_ptr();
-        (*ops).release = Some(bindings::inet_release);
+        (*ops).release = Some(if family == bindings::AF_INET6 { bindings::inet6_release } else { bindings::inet_release });
         (*ops).bind = Some(tls_bind);
         (*ops).connect = Some(tls_connect);
         (*ops).setsockopt = Some(bindings::sock_common_setsockopt);
@@ -954,12 +999,33 @@ fn register_protocol(module: &'static ThisModule) -> Result {
         (*protosw).protocol = wire::IPPROTO_TLS as _;
         (*protosw).prot = proto;
         (*protosw).ops = ops;
+    }
+}
 
-        let err = bindings::proto_register(proto, 1);
+/// Registers IPPROTO_TLS for AF_INET and AF_INET6.
+fn register_protocol(module: &'static ThisModule) -> Result {
+    // SAFETY: runs once in init before registration publishes the statics;
+    // each step is undone if a later one fails.
+    unsafe {
+        fill_protocol(module, PROTO.0.get(), OPS.0.get(), PROTOSW.0.get(), bindings::AF_INET);
+        fill_protocol(module, PROTO6.0.get(), OPS6.0.get(), PROTOSW6.0.get(), bindings::AF_INET6);
+        let err = bindings::proto_register(PROTO.0.get(), 1);
         if err != 0 {
             return Err(Error::from_errno(err));
         }
-        bindings::inet_register_protosw(protosw);
+        let err = bindings::proto_register(PROTO6.0.get(), 1);
+        if err != 0 {
+            bindings::proto_unregister(PROTO.0.get());
+            return Err(Error::from_errno(err));
+        }
+        bindings::inet_register_protosw(PROTOSW.0.get());
+        let err = bindings::inet6_register_protosw(PROTOSW6.0.get());
+        if err != 0 {
+            bindings::inet_unregister_protosw(PROTOSW.0.get());
+            bindings::proto_unregister(PROTO6.0.get());
+            bindings::proto_unregister(PROTO.0.get());
+            return Err(Error::from_errno(err));
+        }
     }
     Ok(())
 }
@@ -1000,7 +1066,9 @@ impl Drop for VirtioTls {
         // SAFETY: registered in init. Sockets hold a module reference, so
         // none is open when this runs.
         unsafe {
+            bindings::inet6_unregister_protosw(PROTOSW6.0.get());
             bindings::inet_unregister_protosw(PROTOSW.0.get());
+            bindings::proto_unregister(PROTO6.0.get());
             bindings::proto_unregister(PROTO.0.get());
             bindings::unregister_virtio_driver(DRIVER.0.get());
         }

@@ -10,7 +10,7 @@ make_test_pki() {
             -subj /CN=vhost-tls-vm-test-ca -days 2 2>/dev/null
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -out leaf.csr \
             -subj /CN=localhost 2>/dev/null
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > leaf.ext
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n' > leaf.ext
         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 \
             -extfile leaf.ext 2>/dev/null
         sed 's/^system_roots = true/system_roots = false\nca_files = ["ca.pem"]/' "$repo/qemu/test-policy.toml" > policy.toml

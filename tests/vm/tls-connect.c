@@ -1,7 +1,8 @@
 /* Guest-side client checks through virtio_tls.ko, written as an
  * application would against in_tls.h: connect by address and by host name,
  * read what the handshake chose, and the errors SSA's tests expect.
- * usage: tls-connect PORT   (a TLS server for "localhost" on the host) */
+ * usage: tls-connect PORT PORT6   (TLS servers for "localhost" on the
+ * host's 127.0.0.1 and ::1) */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <signal.h>
@@ -38,7 +39,7 @@ static int tls_socket(const char *hostname)
 
 int main(int argc, char **argv)
 {
-	if (argc != 2)
+	if (argc != 3)
 		return 2;
 	int port = atoi(argv[1]);
 	struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
@@ -85,6 +86,18 @@ int main(int argc, char **argv)
 	strcpy((char *)host.sh_addr.name, "localhost");
 	fd = tls_socket(NULL);
 	check(connect(fd, (struct sockaddr *)&host, sizeof(host)) == 0, "connect to AF_HOSTNAME localhost");
+	close(fd);
+
+	struct sockaddr_in6 in6 = { .sin6_family = AF_INET6, .sin6_port = htons(atoi(argv[2])) };
+	inet_pton(AF_INET6, "::1", &in6.sin6_addr);
+	fd = socket(AF_INET6, SOCK_STREAM, IPPROTO_TLS);
+	check(fd >= 0, "socket(AF_INET6, SOCK_STREAM, IPPROTO_TLS)");
+	setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "localhost", 10);
+	check(connect(fd, (struct sockaddr *)&in6, sizeof(in6)) == 0, "connect to [::1] verified as localhost");
+	version = 0;
+	len = sizeof(version);
+	check(getsockopt(fd, IPPROTO_TLS, TLS_CHOSEN_VERSION, &version, &len) == 0 && version == TLS_1_3,
+	      "IPv6: TLS_CHOSEN_VERSION is TLS_1_3");
 	close(fd);
 
 	fd = tls_socket("wrong.example");

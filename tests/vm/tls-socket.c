@@ -20,14 +20,18 @@ int main(void)
 {
 	int fds[3];
 	for (int i = 0; i < 3; i++) {
-		fds[i] = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
-		check(fds[i] >= 0, "socket(AF_INET, SOCK_STREAM, IPPROTO_TLS)");
+		int family = i == 2 ? AF_INET6 : AF_INET;
+		fds[i] = socket(family, SOCK_STREAM, IPPROTO_TLS);
+		check(fds[i] >= 0, family == AF_INET6 ? "socket(AF_INET6, SOCK_STREAM, IPPROTO_TLS)" : "socket(AF_INET, SOCK_STREAM, IPPROTO_TLS)");
 		if (fds[i] < 0)
 			printf("  errno %d (%s)\n", errno, strerror(errno));
 	}
 	errno = 0;
 	check(socket(AF_INET, SOCK_DGRAM, IPPROTO_TLS) < 0 && errno == EPROTONOSUPPORT,
 	      "socket(AF_INET, SOCK_DGRAM, IPPROTO_TLS) fails with EPROTONOSUPPORT");
+	errno = 0;
+	check(socket(AF_INET6, SOCK_DGRAM, IPPROTO_TLS) < 0 && errno == EPROTONOSUPPORT,
+	      "socket(AF_INET6, SOCK_DGRAM, IPPROTO_TLS) fails with EPROTONOSUPPORT");
 	for (int i = 0; i < 3; i++)
 		check(fds[i] < 0 || close(fds[i]) == 0, "close");
 	printf("tls-socket: %d failure(s)\n", failures);
