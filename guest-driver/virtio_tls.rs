@@ -397,6 +397,29 @@ fn dma_buffer(len: usize) -> Result<KVec<u8>> {
     Ok(KVec::from_elem(0, len, GFP_KERNEL)?)
 }
 
+/// Everyone in poll/select/epoll on one of our sockets waits here; the
+/// event and receive queues' interrupts wake them, and they look again.
+static WAITERS: Shared<bindings::wait_queue_head> =
+    // SAFETY: initialised by __init_waitqueue_head in init before use.
+    Shared(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
+static WAITERS_KEY: Shared<bindings::lock_class_key> =
+    // SAFETY: lockdep keys are plain static storage.
+    Shared(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
+
+/// Virtqueue callback (hard IRQ): only wakes the pollers, who collect the
+/// used buffers in process context under CONTROL_LOCK.
+unsafe extern "C" fn queue_interrupt(_vq: *mut bindings::virtqueue) {
+    // SAFETY: WAITERS is initialised before the device is probed.
+    unsafe {
+        bindings::__wake_up(
+            WAITERS.0.get(),
+            bindings::TASK_INTERRUPTIBLE | bindings::TASK_UNINTERRUPTIBLE,
+            0,
+            ptr::null_mut(),
+        )
+    };
+}
+
 const QUEUE_NAMES: [&CStr; 4] = [c_str!("control"), c_str!("event"), c_str!("rx0"), c_str!("tx0")];
 
 unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
@@ -423,6 +446,10 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         callback: None,
         ctx: false,
     });
+    // Events and received data wake pollers; control and transmit
+    // completions are awaited by their callers.
+    infos[1].callback = Some(queue_interrupt);
+    infos[2].callback = Some(queue_interrupt);
     let Some(find_vqs) = ops.find_vqs else { return -(bindings::ENODEV as c_int) };
     // SAFETY: both arrays hold `nvqs` entries and outlive the call, as the
     // inline virtio_find_vqs() this stands for requires.
@@ -704,14 +731,20 @@ unsafe extern "C" fn tls_connect(
     sock: *mut bindings::socket,
     uaddr: *mut bindings::sockaddr,
     addr_len: c_int,
-    _flags: c_int,
+    flags: c_int,
 ) -> c_int {
     // SAFETY: the core passes a live socket with its sock.
     let sk = unsafe { (*sock).sk };
+    refresh_connect(sock);
     // SAFETY: as above.
-    if unsafe { (*sock).state } == bindings::socket_state_SS_CONNECTED {
-        return -(bindings::EISCONN as c_int);
+    match unsafe { (*sock).state } {
+        bindings::socket_state_SS_CONNECTED => return -(bindings::EISCONN as c_int),
+        bindings::socket_state_SS_CONNECTING => return -(bindings::EALREADY as c_int),
+        _ => {}
     }
+    // A new attempt forgets the last failure (as TCP does).
+    // SAFETY: as above.
+    unsafe { (*sk).sk_err = 0 };
     let len = (addr_len.max(0) as usize).min(SOCKADDR_HOST_LEN.max(SOCKADDR_IN6_LEN));
     if len < 4 {
         return -(bindings::EINVAL as c_int);
@@ -752,6 +785,12 @@ unsafe extern "C" fn tls_connect(
         Ok(_) => {}
         Err(error) => return error.to_errno(),
     }
+    // SAFETY: as above.
+    unsafe { (*sock).state = bindings::socket_state_SS_CONNECTING };
+    if flags as u32 & bindings::O_NONBLOCK != 0 {
+        // CONNECT_DONE will make it writable (poll) and connected.
+        return -(bindings::EINPROGRESS as c_int);
+    }
     // The device bounds connect + handshake by its policy's timeouts and
     // then reports ETIMEDOUT; this bound only guards against a lost device.
     for _ in 0..600_000 {
@@ -772,10 +811,14 @@ unsafe extern "C" fn tls_connect(
                 unsafe { (*sock).state = bindings::socket_state_SS_CONNECTED };
                 return 0;
             }
-            Some(errno) => return -(errno as c_int),
+            Some(errno) => {
+                // SAFETY: as above.
+                unsafe { (*sock).state = bindings::socket_state_SS_UNCONNECTED };
+                return -(errno as c_int);
+            }
             // The device keeps connecting; like TCP, a later connect says
             // EALREADY until it is done.
-            None if interrupted() => return -(bindings::EINTR as c_int),
+            None if interrupted() => return -(bindings::EINTR as c_int), // still SS_CONNECTING: EALREADY next
             // SAFETY: sleeping in process context.
             None => unsafe { bindings::usleep_range_state(200, 1000, bindings::TASK_UNINTERRUPTIBLE) },
         }
@@ -802,9 +845,99 @@ fn nonblocking(sock: *mut bindings::socket, flags: c_int) -> bool {
     flags as u32 & bindings::MSG_DONTWAIT != 0 || file_flags & bindings::O_NONBLOCK != 0
 }
 
+/// A connect the caller did not wait for (non-blocking) ends when the
+/// device says so: the socket becomes connected, or unconnected with the
+/// error in SO_ERROR.
+fn refresh_state(sock: *mut bindings::socket, entry: &mut SocketEntry) {
+    // SAFETY: the core passes live sockets; the socket's own state and
+    // sk_err are what TCP updates from its event paths too.
+    unsafe {
+        if (*sock).state != bindings::socket_state_SS_CONNECTING {
+            return;
+        }
+        match entry.connect_status {
+            Some(0) => (*sock).state = bindings::socket_state_SS_CONNECTED,
+            Some(errno) => {
+                (*sock).state = bindings::socket_state_SS_UNCONNECTED;
+                (*(*sock).sk).sk_err = errno as c_int;
+            }
+            None => {}
+        }
+    }
+}
+
+/// `refresh_state` for a socket, collecting events first.
+fn refresh_connect(sock: *mut bindings::socket) {
+    // SAFETY: the core passes a live socket.
+    if unsafe { (*sock).state } != bindings::socket_state_SS_CONNECTING {
+        return;
+    }
+    // SAFETY: as above.
+    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let mut guard = ControlGuard::lock();
+    if let Some(device) = guard.device() {
+        device.collect_events();
+        if let Some(entry) = device.entry(socket_id) {
+            refresh_state(sock, entry);
+        }
+    }
+}
+
+const EPOLLIN: u32 = 0x1;
+const EPOLLOUT: u32 = 0x4;
+const EPOLLERR: u32 = 0x8;
+const EPOLLHUP: u32 = 0x10;
+const EPOLLRDNORM: u32 = 0x40;
+const EPOLLWRNORM: u32 = 0x100;
+
+/// poll/select/epoll: readable with data, end of stream or an error;
+/// writable with credit; a non-blocking connect is writable when done.
+unsafe extern "C" fn tls_poll(file: *mut bindings::file, sock: *mut bindings::socket, wait: *mut bindings::poll_table_struct) -> bindings::__poll_t {
+    // poll_wait(), an inline function: register on WAITERS.
+    // SAFETY: the poll table is the caller's and lives through this call.
+    unsafe {
+        if !wait.is_null() {
+            if let Some(queue) = (*wait)._qproc {
+                queue(file, WAITERS.0.get(), wait);
+            }
+        }
+    }
+    // SAFETY: the core passes a live socket.
+    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let mut guard = ControlGuard::lock();
+    let Some(device) = guard.device() else { return EPOLLERR | EPOLLHUP };
+    device.collect_events();
+    device.collect_rx();
+    let Some(entry) = device.entry(socket_id) else { return EPOLLERR | EPOLLHUP };
+    refresh_state(sock, entry);
+    // SAFETY: as above.
+    let state = unsafe { (*sock).state };
+    let mut mask = 0;
+    if state == bindings::socket_state_SS_CONNECTED {
+        if entry.unread() > 0 || entry.eof || entry.error.is_some() {
+            mask |= EPOLLIN | EPOLLRDNORM;
+        }
+        if entry.error.is_some() {
+            mask |= EPOLLERR;
+        } else if entry.credit() > 0 {
+            mask |= EPOLLOUT | EPOLLWRNORM;
+        }
+    } else if state == bindings::socket_state_SS_UNCONNECTED {
+        // SAFETY: as above.
+        if unsafe { (*(*sock).sk).sk_err } != 0 {
+            // A failed connect, as TCP reports it.
+            mask |= EPOLLOUT | EPOLLERR;
+        } else {
+            mask |= EPOLLOUT | EPOLLHUP;
+        }
+    }
+    mask
+}
+
 /// `send`/`write`: as much as fits in the device's credit, in packets of
 /// up to TX_PAYLOAD bytes; waits for credit unless non-blocking.
 unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings::msghdr, total: usize) -> c_int {
+    refresh_connect(sock);
     // SAFETY: the core passes a live socket.
     if unsafe { (*sock).state } != bindings::socket_state_SS_CONNECTED {
         return -(bindings::ENOTCONN as c_int);
@@ -853,6 +986,7 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
 /// `recv`/`read`: what has arrived, up to `total`; 0 at the peer's
 /// close_notify; waits for data unless non-blocking.
 unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings::msghdr, total: usize, flags: c_int) -> c_int {
+    refresh_connect(sock);
     // SAFETY: the core passes a live socket.
     if unsafe { (*sock).state } != bindings::socket_state_SS_CONNECTED {
         return -(bindings::ENOTCONN as c_int);
@@ -994,6 +1128,7 @@ unsafe fn fill_protocol(
         (*ops).sendmsg = Some(tls_sendmsg);
         (*ops).recvmsg = Some(tls_recvmsg);
         (*ops).mmap = Some(bindings::sock_no_mmap);
+        (*ops).poll = Some(tls_poll);
 
         (*protosw).type_ = bindings::sock_type_SOCK_STREAM as _;
         (*protosw).protocol = wire::IPPROTO_TLS as _;
@@ -1034,9 +1169,10 @@ struct VirtioTls;
 
 impl kernel::Module for VirtioTls {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        // SAFETY: init runs once, before anything can take the lock.
+        // SAFETY: init runs once, before anything can take the lock or wait.
         unsafe {
-            bindings::__mutex_init(CONTROL_LOCK.0.get(), c_str!("virtio_tls_control").as_char_ptr(), CONTROL_LOCK_KEY.0.get())
+            bindings::__mutex_init(CONTROL_LOCK.0.get(), c_str!("virtio_tls_control").as_char_ptr(), CONTROL_LOCK_KEY.0.get());
+            bindings::__init_waitqueue_head(WAITERS.0.get(), c_str!("virtio_tls_waiters").as_char_ptr(), WAITERS_KEY.0.get());
         };
         let driver = DRIVER.0.get();
         // SAFETY: init runs once, before the driver is registered, so
