@@ -110,6 +110,20 @@ int main(int argc, char **argv)
 	check(strstr(text, "not valid for 'wrong.example'") != NULL, "TLS_ERROR says why");
 	close(fd);
 
+	/* The test policy denies port 9: refused before any packet leaves. */
+	struct sockaddr_in denied = in;
+	denied.sin_port = htons(9);
+	fd = tls_socket("localhost");
+	errno = 0;
+	check(connect(fd, (struct sockaddr *)&denied, sizeof(denied)) < 0 && errno == EACCES,
+	      "a destination the policy denies is EACCES");
+	len = sizeof(text);
+	text[0] = 0;
+	getsockopt(fd, IPPROTO_TLS, TLS_ERROR, text, &len);
+	printf("TLS_ERROR: %s\n", text);
+	check(strstr(text, "denied by destinations rule 1") != NULL, "TLS_ERROR names the rule");
+	close(fd);
+
 	fd = tls_socket(NULL);
 	int bad = 1;
 	errno = 0;

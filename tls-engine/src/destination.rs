@@ -66,7 +66,7 @@ pub fn filter_allowed(policy: &Policy, hostname: Option<&str>, candidates: Vec<S
         match policy.destinations.check(hostname, addr.ip(), addr.port()) {
             Verdict::Allow => allowed.push(addr),
             Verdict::Deny(reason) => {
-                first_denial.get_or_insert_with(|| format!("destination {addr} denied by policy: {reason}"));
+                first_denial.get_or_insert_with(|| format!("connecting to {addr} is not allowed: {reason}"));
             }
         }
     }
