@@ -78,6 +78,9 @@ struct Device {
     tx_buffer: KVec<u8>,
     /// The device's receive buffer per socket (config socket_buf_size).
     device_buf_alloc: u32,
+    /// The device stopped answering (its backend is gone): every socket
+    /// has failed and new requests fail at once.
+    dead: bool,
     /// kmalloc'd request and response buffers (DMA-able, unlike the stack).
     request: KVec<u8>,
     response: KVec<u8>,
@@ -158,6 +161,19 @@ const DRIVER_BUF_ALLOC: u32 = 256 * 1024;
 const EVENT_BUFFERS: usize = 16;
 
 impl Device {
+    /// The device stopped answering: fail every socket (ECONNRESET) so that
+    /// nothing waits for it forever.
+    fn declare_dead(&mut self) {
+        if !self.dead {
+            pr_err!("the device stopped answering: failing all sockets\n");
+        }
+        self.dead = true;
+        for entry in self.sockets.iter_mut().filter(|entry| entry.id != 0) {
+            entry.error.get_or_insert(bindings::ECONNRESET);
+            entry.connect_status.get_or_insert(bindings::ECONNRESET);
+        }
+    }
+
     fn entry(&mut self, id: u32) -> Option<&mut SocketEntry> {
         self.sockets.iter_mut().find(|entry| entry.id == id)
     }
@@ -348,6 +364,9 @@ fn control_request(op: u16, socket_id: u32, payload: &[u8]) -> Result<wire::Ctrl
 fn control_request_value(op: u16, socket_id: u32, payload: &[u8]) -> Result<(wire::CtrlResponse, KVec<u8>)> {
     let mut guard = ControlGuard::lock();
     let device = guard.device().ok_or(ENODEV)?;
+    if device.dead {
+        return Err(Error::from_errno(-(bindings::ECONNRESET as c_int)));
+    }
     device.next_request_id += 1;
     let header = wire::CtrlHeader { op, flags: 0, socket_id, request_id: device.next_request_id };
     let request_len = wire::CtrlHeader::SIZE + payload.len();
@@ -374,13 +393,15 @@ fn control_request_value(op: u16, socket_id: u32, payload: &[u8]) -> Result<(wir
             return Err(Error::from_errno(err));
         }
         bindings::virtqueue_kick(device.control);
+        // A request takes about a millisecond; a device silent for seconds
+        // has lost its backend.
         let mut waited = 0;
         while bindings::virtqueue_get_buf(device.control, &mut used).is_null() {
-            if waited >= 10_000 {
-                pr_err!("the device does not answer control requests\n");
-                return Err(Error::from_errno(-(bindings::ETIMEDOUT as c_int)));
+            if waited >= CONTROL_PATIENCE {
+                device.declare_dead();
+                return Err(Error::from_errno(-(bindings::ECONNRESET as c_int)));
             }
-            bindings::usleep_range_state(100, 1000, bindings::TASK_UNINTERRUPTIBLE);
+            bindings::usleep_range_state(1000, 2000, bindings::TASK_UNINTERRUPTIBLE);
             waited += 1;
         }
     }
@@ -390,6 +411,21 @@ fn control_request_value(op: u16, socket_id: u32, payload: &[u8]) -> Result<(wir
     let mut value = KVec::with_capacity(value_end - wire::CtrlResponse::SIZE, GFP_KERNEL)?;
     value.extend_from_slice(&device.response[wire::CtrlResponse::SIZE..value_end], GFP_KERNEL)?;
     Ok((response, value))
+}
+
+/// Sleeps of 1-2 ms a control request may take before the device is
+/// declared gone.
+const CONTROL_PATIENCE: u32 = 1500;
+
+/// While a caller waits for the network, the device is asked whether it
+/// is still there after this many short sleeps (a few seconds).
+const PROBE_EVERY: u32 = 1_000;
+
+/// Asks the device something cheap; a device that does not answer is
+/// declared dead (and its sockets failed) by control_request.
+fn probe_device(socket_id: u32) {
+    let request = wire::GetOptRequest { optname: wire::TLS_ID, max_len: 8 };
+    let _ = control_request(wire::VIRTIO_TLS_OP_GETOPT, socket_id, &request.encode());
 }
 
 /// A zero-filled kmalloc'd buffer.
@@ -478,6 +514,7 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         rx_buffers,
         tx_buffer,
         device_buf_alloc: config.socket_buf_size,
+        dead: false,
         request,
         response,
         next_request_id: 0,
@@ -793,7 +830,10 @@ unsafe extern "C" fn tls_connect(
     }
     // The device bounds connect + handshake by its policy's timeouts and
     // then reports ETIMEDOUT; this bound only guards against a lost device.
-    for _ in 0..600_000 {
+    for waits in 1..=600_000u32 {
+        if waits % (PROBE_EVERY / 4) == 0 {
+            probe_device(socket_id);
+        }
         let status = {
             let mut guard = ControlGuard::lock();
             match guard.device() {
@@ -947,6 +987,7 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
     let dontwait = nonblocking(sock, 0);
     let mut chunk = [0u8; TX_PAYLOAD];
     let mut sent = 0usize;
+    let mut waits = 0u32;
     let total = total.min(i32::MAX as usize);
     while sent < total {
         let mut guard = ControlGuard::lock();
@@ -965,6 +1006,10 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
             }
             if interrupted() {
                 return if sent > 0 { sent as c_int } else { -(bindings::EINTR as c_int) };
+            }
+            waits += 1;
+            if waits % PROBE_EVERY == 0 {
+                probe_device(socket_id);
             }
             sleep_briefly();
             continue;
@@ -995,6 +1040,7 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
     let socket_id = socket_id_of(unsafe { (*sock).sk });
     let dontwait = nonblocking(sock, flags);
     let peek = flags as u32 & bindings::MSG_PEEK != 0;
+    let mut waits = 0u32;
     loop {
         let mut guard = ControlGuard::lock();
         let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
@@ -1033,6 +1079,10 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
         }
         if interrupted() {
             return -(bindings::EINTR as c_int);
+        }
+        waits += 1;
+        if waits % PROBE_EVERY == 0 {
+            probe_device(socket_id);
         }
         sleep_briefly();
     }

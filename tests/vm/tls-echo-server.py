@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A TLS echo server on 127.0.0.1 (Python's ssl, i.e. OpenSSL) for VM
-tests: prints its port, echoes every connection until the client's
+tests: prints its port (and "connection" for each client), echoes every
+connection until the client's
 close_notify, answers it with its own, and serves until killed.
 usage: tls-echo-server.py CERT KEY"""
 import socket
@@ -28,6 +29,7 @@ def main():
     print(listener.getsockname()[1], flush=True)
     while True:
         conn, _ = listener.accept()
+        print("connection", flush=True)
         threading.Thread(target=serve, args=(conn, context), daemon=True).start()
 
 
