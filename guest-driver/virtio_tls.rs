@@ -874,6 +874,25 @@ fn interrupted() -> bool {
     unsafe { kernel::task::Task::current() }.signal_pending()
 }
 
+/// When a wait bounded by SO_RCVTIMEO/SO_SNDTIMEO (`timeout`, jiffies;
+/// `c_long::MAX` for none, as sock_init_data sets it) started now ends.
+fn deadline(timeout: kernel::ffi::c_long) -> Option<u64> {
+    if timeout == kernel::ffi::c_long::MAX || timeout <= 0 {
+        return None;
+    }
+    Some(now_jiffies().wrapping_add(timeout as u64))
+}
+
+fn now_jiffies() -> u64 {
+    // SAFETY: jiffies is the kernel's tick counter, only ever read here;
+    // a volatile read is how C reads it too.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(bindings::jiffies)) as u64 }
+}
+
+fn passed(deadline: Option<u64>) -> bool {
+    deadline.is_some_and(|end| (now_jiffies().wrapping_sub(end) as i64) >= 0)
+}
+
 fn sleep_briefly() {
     // SAFETY: sleeping in process context.
     unsafe { bindings::usleep_range_state(50, 500, bindings::TASK_UNINTERRUPTIBLE) };
@@ -988,6 +1007,8 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
     let mut chunk = [0u8; TX_PAYLOAD];
     let mut sent = 0usize;
     let mut waits = 0u32;
+    // SAFETY: the core passes a live socket with its sock.
+    let until = deadline(unsafe { (*(*sock).sk).sk_sndtimeo });
     let total = total.min(i32::MAX as usize);
     while sent < total {
         let mut guard = ControlGuard::lock();
@@ -1001,7 +1022,7 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
         let room = (entry.credit() as usize).min(TX_PAYLOAD).min(total - sent);
         if room == 0 {
             drop(guard);
-            if dontwait {
+            if dontwait || passed(until) {
                 return if sent > 0 { sent as c_int } else { -(bindings::EAGAIN as c_int) };
             }
             if interrupted() {
@@ -1041,6 +1062,8 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
     let dontwait = nonblocking(sock, flags);
     let peek = flags as u32 & bindings::MSG_PEEK != 0;
     let mut waits = 0u32;
+    // SAFETY: the core passes a live socket with its sock.
+    let until = deadline(unsafe { (*(*sock).sk).sk_rcvtimeo });
     loop {
         let mut guard = ControlGuard::lock();
         let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
@@ -1074,7 +1097,7 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
             return 0;
         }
         drop(guard);
-        if dontwait {
+        if dontwait || passed(until) {
             return -(bindings::EAGAIN as c_int);
         }
         if interrupted() {

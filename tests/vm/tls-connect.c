@@ -10,7 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include "../../guest-driver/include/in_tls.h"
 
@@ -80,6 +83,26 @@ int main(int argc, char **argv)
 	check(read(fd, &byte, 1) < 0 && errno == EINTR, "a signal interrupts a blocking read (EINTR)");
 	errno = 0;
 	check(recv(fd, &byte, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "MSG_DONTWAIT with nothing to read is EAGAIN");
+	struct timeval tv = { .tv_usec = 300000 };
+	check(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0, "SO_RCVTIMEO 300 ms");
+	errno = 0;
+	check(read(fd, &byte, 1) < 0 && errno == EAGAIN, "a read past SO_RCVTIMEO is EAGAIN");
+	tv = (struct timeval){ .tv_sec = 30 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	/* sendmsg/recvmsg with iovecs, MSG_PEEK, TLS_ID. */
+	char part1[] = "GET / HTTP/1.0\r\n", part2[] = "\r\n";
+	struct iovec out[2] = { { part1, strlen(part1) }, { part2, 2 } };
+	struct msghdr message = { .msg_iov = out, .msg_iovlen = 2 };
+	check(sendmsg(fd, &message, 0) == (ssize_t)(strlen(part1) + 2), "sendmsg with two iovecs");
+	char head[4];
+	check(recv(fd, head, 4, MSG_PEEK) == 4 && memcmp(head, "HTTP", 4) == 0, "MSG_PEEK sees the reply");
+	memset(head, 0, sizeof(head));
+	struct iovec in_iov = { head, 4 };
+	struct msghdr incoming = { .msg_iov = &in_iov, .msg_iovlen = 1 };
+	check(recvmsg(fd, &incoming, 0) == 4 && memcmp(head, "HTTP", 4) == 0, "recvmsg reads what MSG_PEEK left");
+	uint64_t id = 0;
+	len = sizeof(id);
+	check(getsockopt(fd, IPPROTO_TLS, TLS_ID, &id, &len) == 0 && len == 8 && id != 0, "TLS_ID");
 	close(fd);
 
 	struct sockaddr_host host = { .sh_family = AF_HOSTNAME, .sh_port = htons(port) };
