@@ -12,16 +12,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "../../guest-driver/include/in_tls.h"
+#include "check.h"
 
-static int failures;
-
-static void check(int ok, const char *what)
-{
-	printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-	if (!ok)
-		printf("  errno %d (%s)\n", errno, strerror(errno));
-	failures += !ok;
-}
 
 static struct sockaddr_in loopback(int port)
 {

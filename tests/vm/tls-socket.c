@@ -7,14 +7,8 @@
 #include <netinet/in.h>
 #include <unistd.h>
 #include "../../guest-driver/include/in_tls.h"
+#include "check.h"
 
-static int failures;
-
-static void check(int ok, const char *what)
-{
-	printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-	failures += !ok;
-}
 
 int main(void)
 {
