@@ -50,11 +50,32 @@ struct Shared<T>(core::cell::UnsafeCell<T>);
 // and afterwards only read by the virtio core, under its own locking.
 unsafe impl<T> Sync for Shared<T> {}
 
+/// The virtio id to bind (spec 2.1, DRV-1.1): the spec's default unless
+/// the module is built with VIRTIO_TLS_DEVICE_ID=N. A build-time choice,
+/// because the 6.12 `module!` macro has no module parameters yet.
+const DEVICE_ID: u32 = match option_env!("VIRTIO_TLS_DEVICE_ID") {
+    Some(digits) => parse_id(digits),
+    None => wire::VIRTIO_ID_TLS_DEFAULT,
+};
+
+/// Decimal digits to a number, at compile time; anything else stops the
+/// build.
+const fn parse_id(digits: &str) -> u32 {
+    let bytes = digits.as_bytes();
+    assert!(!bytes.is_empty(), "VIRTIO_TLS_DEVICE_ID is empty");
+    let mut value = 0u32;
+    let mut at = 0;
+    while at < bytes.len() {
+        assert!(bytes[at].is_ascii_digit(), "VIRTIO_TLS_DEVICE_ID must be a decimal number");
+        value = value * 10 + (bytes[at] - b'0') as u32;
+        at += 1;
+    }
+    value
+}
+
 /// The id table: the virtio-tls id, any vendor, then the terminator.
-/// The id is the spec's default (a module parameter needs the `params`
-/// support of later Rust-for-Linux `module!` macros).
 static ID_TABLE: [bindings::virtio_device_id; 2] = [
-    bindings::virtio_device_id { device: wire::VIRTIO_ID_TLS_DEFAULT, vendor: ANY_VENDOR },
+    bindings::virtio_device_id { device: DEVICE_ID, vendor: ANY_VENDOR },
     bindings::virtio_device_id { device: 0, vendor: 0 },
 ];
 
@@ -1265,7 +1286,7 @@ impl kernel::Module for VirtioTls {
             unsafe { bindings::unregister_virtio_driver(driver) };
             return Err(error);
         }
-        pr_info!("loaded (virtio id {}, IPPROTO_TLS {})\n", wire::VIRTIO_ID_TLS_DEFAULT, wire::IPPROTO_TLS);
+        pr_info!("loaded (virtio id {}, IPPROTO_TLS {})\n", DEVICE_ID, wire::IPPROTO_TLS);
         Ok(VirtioTls)
     }
 }
