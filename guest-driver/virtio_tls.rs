@@ -245,6 +245,10 @@ impl Device {
         if reposted {
             // SAFETY: as above.
             unsafe { bindings::virtqueue_kick(self.rx) };
+            // Whoever collected, the data may be another socket's: its
+            // pollers were woken by the interrupt, may have looked too
+            // early, and must look again.
+            wake_waiters();
         }
     }
 
@@ -320,6 +324,7 @@ impl Device {
         if reposted {
             // SAFETY: as above.
             unsafe { bindings::virtqueue_kick(self.event) };
+            wake_waiters(); // as in collect_rx
         }
     }
 }
@@ -466,7 +471,12 @@ static WAITERS_KEY: Shared<bindings::lock_class_key> =
 /// Virtqueue callback (hard IRQ): only wakes the pollers, who collect the
 /// used buffers in process context under CONTROL_LOCK.
 unsafe extern "C" fn queue_interrupt(_vq: *mut bindings::virtqueue) {
-    // SAFETY: WAITERS is initialised before the device is probed.
+    wake_waiters();
+}
+
+/// Wakes every poller so it looks at its socket again.
+fn wake_waiters() {
+    // SAFETY: WAITERS is initialised in init, before any device or socket.
     unsafe {
         bindings::__wake_up(
             WAITERS.0.get(),
