@@ -36,8 +36,10 @@ impl Destination {
 /// Resolves `destination` on the host (this blocks for names: call it off
 /// the I/O thread) and keeps the addresses the policy allows, in resolver
 /// order. Fails with EACCES when the policy denies every address, and with
-/// EHOSTUNREACH when the name does not resolve.
-pub fn resolve(policy: &Policy, destination: &Destination) -> Result<Vec<SocketAddr>, Failure> {
+/// EHOSTUNREACH when the name does not resolve. `server_name` is the
+/// socket's TLS_HOSTNAME, if set: the policy's host rules see it too, so a
+/// guest cannot reach a denied host by connecting to its address.
+pub fn resolve(policy: &Policy, destination: &Destination, server_name: Option<&str>) -> Result<Vec<SocketAddr>, Failure> {
     let (hostname, candidates) = match destination {
         Destination::Address(addr) => (None, vec![*addr]),
         Destination::Name { host, port } => {
@@ -54,16 +56,21 @@ pub fn resolve(policy: &Policy, destination: &Destination) -> Result<Vec<SocketA
             (Some(host.as_str()), addrs)
         }
     };
-    filter_allowed(policy, hostname, candidates)
+    filter_allowed(policy, hostname, server_name, candidates)
 }
 
 /// Keeps the addresses the policy allows; EACCES naming the first denial
 /// when none is left.
-pub fn filter_allowed(policy: &Policy, hostname: Option<&str>, candidates: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Failure> {
+pub fn filter_allowed(
+    policy: &Policy,
+    hostname: Option<&str>,
+    server_name: Option<&str>,
+    candidates: Vec<SocketAddr>,
+) -> Result<Vec<SocketAddr>, Failure> {
     let mut first_denial = None;
     let mut allowed = Vec::with_capacity(candidates.len());
     for addr in candidates {
-        match policy.destinations.check(hostname, addr.ip(), addr.port()) {
+        match policy.destinations.check_with_server_name(hostname, server_name, addr.ip(), addr.port()) {
             Verdict::Allow => allowed.push(addr),
             Verdict::Deny(reason) => {
                 first_denial.get_or_insert_with(|| format!("connecting to {addr} is not allowed: {reason}"));
@@ -84,11 +91,32 @@ mod tests {
     #[test]
     fn host_local_is_denied_by_default() {
         let policy = Policy::builtin_default();
-        let err = resolve(&policy, &Destination::Address("127.0.0.1:443".parse().unwrap())).unwrap_err();
+        let err = resolve(&policy, &Destination::Address("127.0.0.1:443".parse().unwrap()), None).unwrap_err();
         assert_eq!(err.errno, Errno::EACCES);
         assert!(err.reason.contains("127.0.0.1:443"), "{}", err.reason);
-        let err = resolve(&policy, &Destination::Name { host: "::1".into(), port: 443 }).unwrap_err();
+        let err = resolve(&policy, &Destination::Name { host: "::1".into(), port: 443 }, None).unwrap_err();
         assert_eq!(err.errno, Errno::EACCES);
+    }
+
+    #[test]
+    fn a_claimed_name_cannot_dodge_a_deny_rule() {
+        let text = r#"
+[destinations]
+default = "allow"
+[[destinations.rules]]
+action = "deny"
+hosts = ["blocked.example"]
+[[destinations.rules]]
+action = "allow"
+addresses = ["127.0.0.0/8"]
+"#;
+        let policy = Policy::from_toml_str(text, "test", std::path::Path::new(".")).unwrap();
+        let address = Destination::Address("127.0.0.1:443".parse().unwrap());
+        assert!(resolve(&policy, &address, None).is_ok());
+        assert!(resolve(&policy, &address, Some("fine.example")).is_ok());
+        let err = resolve(&policy, &address, Some("Blocked.Example.")).unwrap_err();
+        assert_eq!(err.errno, Errno::EACCES);
+        assert!(err.reason.contains("rule 1"), "{}", err.reason);
     }
 
     #[test]

@@ -368,8 +368,9 @@ impl Device {
             socket.phase = Phase::Resolving;
             self.pending_resolutions += 1;
             let (sender, waker) = (self.resolutions_tx.clone(), self.waker.clone());
+            let server_name = socket.options.hostname().map(str::to_owned);
             let spawned = std::thread::Builder::new().name("vhost-tls-resolve".into()).spawn(move || {
-                let result = destination::resolve(&policy, &destination);
+                let result = destination::resolve(&policy, &destination, server_name.as_deref());
                 let _ = sender.send(Resolution { socket_id: id, request_id, destination, result });
                 let _ = waker.wake();
             });
@@ -381,7 +382,7 @@ impl Device {
             }
             return Ok(());
         }
-        let addrs = match destination::resolve(&policy, &destination) {
+        let addrs = match destination::resolve(&policy, &destination, socket.options.hostname()) {
             Ok(addrs) => addrs,
             Err(failure) => {
                 tracing::info!(socket = id, %failure, "connect refused");

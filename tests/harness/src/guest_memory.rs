@@ -83,7 +83,7 @@ impl GuestMemory {
 
     /// A ring index shared with the device (`avail.idx`, `used.idx`).
     pub fn atomic_u16(&self, addr: u64) -> io::Result<&AtomicU16> {
-        if addr % 2 != 0 {
+        if !addr.is_multiple_of(2) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "misaligned ring index"));
         }
         let ptr = self.range(addr, 2)?;
