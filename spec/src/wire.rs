@@ -171,9 +171,13 @@ pub const VIRTIO_TLS_OP_GETOPT: u16 = 4;
 pub const VIRTIO_TLS_OP_CONNECT: u16 = 5;
 /// SHUTDOWN: payload [`ShutdownRequest`].
 pub const VIRTIO_TLS_OP_SHUTDOWN: u16 = 6;
-/// BIND, LISTEN, ACCEPT: reserved for `VIRTIO_TLS_F_SERVER`.
+/// BIND (`VIRTIO_TLS_F_SERVER`): payload [`SockAddr`], the guest's local
+/// address; the policy maps its port to a host address.
 pub const VIRTIO_TLS_OP_BIND: u16 = 7;
+/// LISTEN (`VIRTIO_TLS_F_SERVER`): payload [`ListenRequest`].
 pub const VIRTIO_TLS_OP_LISTEN: u16 = 8;
+/// ACCEPT (`VIRTIO_TLS_F_SERVER`): payload [`AcceptRequest`]; response
+/// `socket_id` is the accepted socket, its value the client's [`SockAddr`].
 pub const VIRTIO_TLS_OP_ACCEPT: u16 = 9;
 
 wire_struct! {
@@ -249,6 +253,26 @@ wire_struct! {
         pub optname: u32,
         /// Room the driver has for the value (bytes after the response).
         pub max_len: u32,
+    }
+}
+
+wire_struct! {
+    /// LISTEN payload.
+    pub struct ListenRequest {
+        /// Most connections waiting for ACCEPT (handshaking or done); the
+        /// device may lower it. Zero means the device's default.
+        pub backlog: u32,
+        pub reserved: u32,
+    }
+}
+
+wire_struct! {
+    /// ACCEPT payload.
+    pub struct AcceptRequest {
+        /// Data queue pair for the accepted socket.
+        pub queue_pair: u16,
+        pub reserved0: u16,
+        pub reserved1: u32,
     }
 }
 
@@ -367,6 +391,10 @@ pub const VIRTIO_TLS_EVENT_CONNECT_DONE: u16 = 1;
 /// says why. Data already delivered stays valid; no more data follows.
 pub const VIRTIO_TLS_EVENT_SOCKET_ERROR: u16 = 2;
 
+/// A listening socket has a connection whose handshake completed: ACCEPT
+/// will not fail with EAGAIN (`status` zero, `request_id` zero).
+pub const VIRTIO_TLS_EVENT_ACCEPT_READY: u16 = 3;
+
 wire_struct! {
     /// An asynchronous event (device-writable buffer on the event queue).
     pub struct Event {
@@ -436,6 +464,8 @@ pub const VIRTIO_TLS_EPROTO: u32 = 71;
 pub const VIRTIO_TLS_ENOPROTOOPT: u32 = 92;
 pub const VIRTIO_TLS_EOPNOTSUPP: u32 = 95;
 pub const VIRTIO_TLS_EAFNOSUPPORT: u32 = 97;
+pub const VIRTIO_TLS_EADDRINUSE: u32 = 98;
+pub const VIRTIO_TLS_EADDRNOTAVAIL: u32 = 99;
 pub const VIRTIO_TLS_ENETUNREACH: u32 = 101;
 pub const VIRTIO_TLS_ECONNRESET: u32 = 104;
 pub const VIRTIO_TLS_ENOBUFS: u32 = 105;

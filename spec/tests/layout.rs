@@ -35,6 +35,11 @@ fn control_layout() {
     assert_eq!(GetOptRequest::SIZE, 8);
     assert_eq!(offset_of!(GetOptRequest, max_len), 4);
     assert_eq!(ShutdownRequest::SIZE, 16);
+    assert_eq!(ListenRequest::SIZE, 8);
+    assert_eq!(offset_of!(ListenRequest, backlog), 0);
+    assert_eq!(AcceptRequest::SIZE, 8);
+    assert_eq!(offset_of!(AcceptRequest, queue_pair), 0);
+    assert_eq!(offset_of!(AcceptRequest, reserved1), 4);
     assert_eq!(offset_of!(ShutdownRequest, tx_bytes), 8);
     assert_eq!(SockAddr::SIZE, 136);
     assert_eq!(offset_of!(SockAddr, port), 2);

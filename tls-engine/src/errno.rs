@@ -23,6 +23,8 @@ impl Errno {
     pub const ENOPROTOOPT: Errno = Errno(wire::VIRTIO_TLS_ENOPROTOOPT);
     pub const EOPNOTSUPP: Errno = Errno(wire::VIRTIO_TLS_EOPNOTSUPP);
     pub const EAFNOSUPPORT: Errno = Errno(wire::VIRTIO_TLS_EAFNOSUPPORT);
+    pub const EADDRINUSE: Errno = Errno(wire::VIRTIO_TLS_EADDRINUSE);
+    pub const EADDRNOTAVAIL: Errno = Errno(wire::VIRTIO_TLS_EADDRNOTAVAIL);
     pub const ENETUNREACH: Errno = Errno(wire::VIRTIO_TLS_ENETUNREACH);
     pub const ECONNRESET: Errno = Errno(wire::VIRTIO_TLS_ECONNRESET);
     pub const ENOBUFS: Errno = Errno(wire::VIRTIO_TLS_ENOBUFS);
@@ -62,6 +64,8 @@ impl Errno {
             Errno::ENOPROTOOPT => "ENOPROTOOPT",
             Errno::EOPNOTSUPP => "EOPNOTSUPP",
             Errno::EAFNOSUPPORT => "EAFNOSUPPORT",
+            Errno::EADDRINUSE => "EADDRINUSE",
+            Errno::EADDRNOTAVAIL => "EADDRNOTAVAIL",
             Errno::ENETUNREACH => "ENETUNREACH",
             Errno::ECONNRESET => "ECONNRESET",
             Errno::ENOBUFS => "ENOBUFS",

@@ -22,6 +22,9 @@ use toml::Spanned;
 
 use crate::tls::iana_suite_name;
 
+mod server;
+pub use server::{Identity, ListenMapping, ServerPolicy};
+
 // ---------------------------------------------------------------------------
 // TLS versions
 // ---------------------------------------------------------------------------
@@ -121,6 +124,8 @@ pub struct Policy {
     pub roots: Arc<RootCertStore>,
     pub destinations: DestinationPolicy,
     pub limits: Limits,
+    /// Guest listening sockets; none may listen without a `[server]`.
+    pub server: ServerPolicy,
 }
 
 /// A policy problem, with the line it is on when it has one.
@@ -174,6 +179,7 @@ impl Policy {
             roots: Arc::new(trust_anchors(&file.trust, &source, base_dir)?),
             destinations: destinations(&file.destinations, &source)?,
             limits: limits(&file.limits, &source)?,
+            server: server::parse(&file.server, &source, base_dir)?,
         })
     }
 
@@ -187,6 +193,7 @@ impl Policy {
             roots: Arc::new(system_roots()),
             destinations: DestinationPolicy::default(),
             limits: Limits::default(),
+            server: ServerPolicy::default(),
         }
     }
 
@@ -379,6 +386,8 @@ struct PolicyFile {
     destinations: DestinationsSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    server: server::ServerSection,
 }
 
 #[derive(Deserialize, Default)]

@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rustls::{CertificateError, ClientConfig, ClientConnection, Error as TlsError};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, ClientConfig, ClientConnection, CommonState, Error as TlsError, ServerConfig, ServerConnection};
 use rustls_pki_types::ServerName;
 use virtio_tls_spec as wire;
 
 use crate::errno::{Errno, Failure};
 use crate::options::SocketOptions;
-use crate::policy::{Policy, TlsVersion};
+use crate::policy::{Policy, ServerPolicy, TlsVersion};
 
 /// Client configurations for one policy, built once per version range and
 /// shared, so that sockets share rustls' session cache (resumption).
@@ -35,13 +37,8 @@ impl ClientContext {
         if let Some(config) = configs.get(&range) {
             return Ok(config.clone());
         }
-        let versions: Vec<&'static rustls::SupportedProtocolVersion> = [TlsVersion::Tls12, TlsVersion::Tls13]
-            .into_iter()
-            .filter(|v| (range.0..=range.1).contains(v))
-            .map(TlsVersion::rustls)
-            .collect();
         let config = ClientConfig::builder_with_provider(self.policy.crypto_provider())
-            .with_protocol_versions(&versions)
+            .with_protocol_versions(&protocol_versions(range))
             .map_err(|e| Failure::new(Errno::EINVAL, format!("policy leaves no usable TLS configuration: {e}")))?
             .with_root_certificates(self.policy.roots.clone())
             .with_no_client_auth();
@@ -58,6 +55,78 @@ impl ClientContext {
         ClientConnection::new(self.config(options)?, name)
             .map_err(|e| Failure::new(Errno::EPROTO, format!("cannot start the TLS handshake: {e}")))
     }
+}
+
+/// Server configurations for one policy: one per version range and
+/// listening-socket name restriction, shared by the connections a listening
+/// socket accepts (and by its session ticket keys and cache).
+pub struct ServerContext {
+    policy: Arc<Policy>,
+    configs: Mutex<HashMap<((TlsVersion, TlsVersion), Option<String>), Arc<ServerConfig>>>,
+}
+
+impl ServerContext {
+    pub fn new(policy: Arc<Policy>) -> ServerContext {
+        ServerContext { policy, configs: Mutex::new(HashMap::new()) }
+    }
+
+    /// The configuration for a listening socket with these options: the
+    /// policy's identities, chosen by SNI, restricted to TLS_HOSTNAME when
+    /// the socket set one.
+    pub fn config(&self, options: &SocketOptions) -> Result<Arc<ServerConfig>, Failure> {
+        let range = options.version_range(&self.policy);
+        let required_name = options.hostname().map(str::to_owned);
+        let key = (range, required_name.clone());
+        let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(config) = configs.get(&key) {
+            return Ok(config.clone());
+        }
+        if self.policy.server.identities.is_empty() {
+            return Err(Failure::new(Errno::EACCES, "the policy names no server identity ([[server.identities]])"));
+        }
+        let resolver = IdentityResolver { server: self.policy.server.clone(), required_name };
+        let config = ServerConfig::builder_with_provider(self.policy.crypto_provider())
+            .with_protocol_versions(&protocol_versions(range))
+            .map_err(|e| Failure::new(Errno::EINVAL, format!("policy leaves no usable TLS configuration: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        let config = Arc::new(config);
+        configs.insert(key, config.clone());
+        Ok(config)
+    }
+
+    /// A server connection for a client that just connected.
+    pub fn accept(&self, options: &SocketOptions) -> Result<ServerConnection, Failure> {
+        ServerConnection::new(self.config(options)?)
+            .map_err(|e| Failure::new(Errno::EPROTO, format!("cannot start the TLS handshake: {e}")))
+    }
+}
+
+/// Picks the operator's identity by the client's SNI.
+#[derive(Debug)]
+struct IdentityResolver {
+    server: ServerPolicy,
+    /// TLS_HOSTNAME of the listening socket: only clients asking for this
+    /// name are served.
+    required_name: Option<String>,
+}
+
+impl ResolvesServerCert for IdentityResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let asked = hello.server_name().map(|name| name.trim_end_matches('.').to_ascii_lowercase());
+        if let Some(required) = &self.required_name {
+            if asked.as_deref() != Some(required.as_str()) {
+                // No certificate: rustls ends the handshake with an alert.
+                tracing::debug!(?asked, %required, "client asked for another name than the listening socket serves");
+                return None;
+            }
+        }
+        self.server.identity_for(asked.as_deref()).map(|identity| identity.key.clone())
+    }
+}
+
+fn protocol_versions(range: (TlsVersion, TlsVersion)) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    [TlsVersion::Tls12, TlsVersion::Tls13].into_iter().filter(|v| (range.0..=range.1).contains(v)).map(TlsVersion::rustls).collect()
 }
 
 /// The errno and a readable TLS_ERROR reason for a handshake or record
@@ -108,7 +177,7 @@ pub struct ConnectionInfo {
 }
 
 impl ConnectionInfo {
-    pub fn of(conn: &ClientConnection) -> ConnectionInfo {
+    pub fn of(conn: &CommonState) -> ConnectionInfo {
         let version = conn.protocol_version().and_then(|v| match v {
             rustls::ProtocolVersion::TLSv1_2 => Some(TlsVersion::Tls12),
             rustls::ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),

@@ -42,7 +42,11 @@ impl VhostTlsBackend {
             num_queue_pairs: shape.queue_pairs,
             tls_version_min: policy.min_version.wire_value() as u8,
             tls_version_max: policy.max_version.wire_value() as u8,
-            policy_flags: wire::VIRTIO_TLS_POLICY_CLIENT,
+            policy_flags: if policy.server.listen.is_empty() {
+                wire::VIRTIO_TLS_POLICY_CLIENT
+            } else {
+                wire::VIRTIO_TLS_POLICY_CLIENT | wire::VIRTIO_TLS_POLICY_SERVER
+            },
             max_hostname_len: wire::MAX_HOSTNAME_LEN as u32,
             ..Default::default()
         };
@@ -95,6 +99,7 @@ impl VhostUserBackend for VhostTlsBackend {
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << wire::VIRTIO_TLS_F_IPV6)
             | (1 << wire::VIRTIO_TLS_F_HOSTNAME)
+            | (1 << wire::VIRTIO_TLS_F_SERVER)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 

@@ -14,13 +14,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tls_engine::destination::{self, Destination};
 use tls_engine::errno::{Errno, Failure};
 use tls_engine::options::{parse_hostname, Phase as OptionPhase};
-use tls_engine::tls::ClientContext;
+use tls_engine::tls::{ClientContext, ServerContext};
 use tls_engine::Policy;
 use virtio_tls_spec::{self as wire, CtrlHeader, CtrlResponse, DataHeader, Event};
 use vhost_user_backend::VringT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::listener::{Listener, DEFAULT_BACKLOG, MAX_BACKLOG};
 use crate::queues::{self, MemoryGuard, ReadOutcome, Vring};
 use crate::socket::{Notice, Phase, Socket};
 
@@ -68,6 +69,7 @@ struct Resolution {
 pub struct Device {
     shape: DeviceShape,
     context: ClientContext,
+    server_context: ServerContext,
     mem: Option<queues::Memory>,
     poll: Poll,
     waker: Arc<Waker>,
@@ -96,6 +98,7 @@ impl Device {
         Ok(Device {
             rx_waiting: vec![BTreeSet::new(); shape.queue_pairs as usize],
             shape,
+            server_context: ServerContext::new(policy.clone()),
             context: ClientContext::new(policy),
             mem: None,
             poll,
@@ -232,7 +235,12 @@ impl Device {
             },
             wire::VIRTIO_TLS_OP_CONNECT => self.connect(id, header.request_id, payload),
             wire::VIRTIO_TLS_OP_SHUTDOWN => self.shutdown(id, payload),
-            wire::VIRTIO_TLS_OP_BIND | wire::VIRTIO_TLS_OP_LISTEN | wire::VIRTIO_TLS_OP_ACCEPT => Err(Errno::EOPNOTSUPP),
+            wire::VIRTIO_TLS_OP_BIND => self.bind(id, payload),
+            wire::VIRTIO_TLS_OP_LISTEN => self.listen(id, payload),
+            wire::VIRTIO_TLS_OP_ACCEPT => match self.accept(id, payload) {
+                Ok((new_id, peer)) => return (CtrlResponse { socket_id: new_id, ..Default::default() }, peer.encode().to_vec()),
+                Err(errno) => Err(errno),
+            },
             _ => Err(Errno::EOPNOTSUPP),
         };
         match result {
@@ -244,7 +252,8 @@ impl Device {
     /// A socket the driver may still address (not closed).
     fn open_socket(sockets: &mut HashMap<u32, Socket>, id: u32) -> Result<&mut Socket, Errno> {
         match sockets.get_mut(&id) {
-            Some(socket) if !socket.closing => Ok(socket),
+            // Accepted connections exist for the driver once ACCEPT gave them.
+            Some(socket) if !socket.closing && socket.unclaimed_by.is_none() => Ok(socket),
             _ => Err(Errno::EBADF),
         }
     }
@@ -260,17 +269,22 @@ impl Device {
         if self.sockets.len() >= self.policy().limits.max_sockets as usize {
             return Err(Errno::EMFILE);
         }
-        // Ids are not reused while in use, and 0 is never an id.
-        let mut id = self.next_id;
-        while id == 0 || self.sockets.contains_key(&id) {
-            id = id.wrapping_add(1);
-        }
-        self.next_id = id.wrapping_add(1);
+        let id = self.allocate_id();
         let mut socket = Socket::new(id, request.queue_pair);
         socket.driver_buf_alloc = request.buf_alloc;
         self.sockets.insert(id, socket);
         tracing::debug!(socket = id, "created");
         Ok(id)
+    }
+
+    /// A fresh socket id: not in use, and never 0.
+    fn allocate_id(&mut self) -> u32 {
+        let mut id = self.next_id;
+        while id == 0 || self.sockets.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_id = id.wrapping_add(1);
+        id
     }
 
     fn close(&mut self, id: u32, payload: &[u8]) -> Result<(), Errno> {
@@ -281,6 +295,9 @@ impl Device {
         socket.deadline = Some(Instant::now() + CLOSE_LINGER);
         self.rx_waiting[socket.queue_pair as usize].remove(&id);
         self.deferred_errors.remove(&id);
+        if let Some(listener) = socket.listener.take() {
+            self.close_listener(id, listener);
+        }
         tracing::debug!(socket = id, "closing");
         self.advance(id);
         Ok(())
@@ -294,7 +311,10 @@ impl Device {
         }
         let policy = self.context.policy().clone();
         let socket = Self::open_socket(&mut self.sockets, id)?;
-        let phase = if socket.phase == Phase::Created { OptionPhase::Unconnected } else { OptionPhase::Connected };
+        let phase = match socket.phase {
+            Phase::Created | Phase::Bound => OptionPhase::Unconnected,
+            _ => OptionPhase::Connected,
+        };
         socket.options.set(&policy, phase, request.optname, value)
     }
 
@@ -306,6 +326,10 @@ impl Device {
         let (value, integer) = match optname {
             wire::TLS_ERROR => (socket.error.clone().unwrap_or_default().into_bytes(), false),
             wire::TLS_ID => (u64::from(id).to_le_bytes().to_vec(), true),
+            // On an accepted connection: the name the client asked for.
+            wire::TLS_HOSTNAME if socket.peer_addr.is_some() => {
+                (socket.requested_server_name().unwrap_or_default().as_bytes().to_vec(), false)
+            }
             wire::TLS_CHOSEN_VERSION | wire::TLS_CHOSEN_CIPHER | wire::TLS_PEER_IDENTITY => {
                 let value = socket.info.get(optname).ok_or(Errno::ENOTCONN)?;
                 (value, optname == wire::TLS_CHOSEN_VERSION)
@@ -332,6 +356,7 @@ impl Device {
         let socket = Self::open_socket(&mut self.sockets, id)?;
         match socket.phase {
             Phase::Created | Phase::Failed => {}
+            Phase::Bound | Phase::Listening => return Err(Errno::EINVAL),
             Phase::Resolving | Phase::Connecting | Phase::Handshaking => return Err(Errno::EALREADY),
             Phase::Established => return Err(Errno::EISCONN),
         }
@@ -398,6 +423,203 @@ impl Device {
         Ok(())
     }
 
+    // ----------------------------------------------------------------------
+    // Server sockets (VIRTIO_TLS_F_SERVER)
+    // ----------------------------------------------------------------------
+
+    fn bind(&mut self, id: u32, payload: &[u8]) -> Result<(), Errno> {
+        let addr = wire::SockAddr::decode(payload).ok_or(Errno::EINVAL)?;
+        let policy = self.context.policy().clone();
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        if addr.family != wire::VIRTIO_TLS_AF_INET && addr.family != wire::VIRTIO_TLS_AF_INET6 {
+            return Err(Errno::EAFNOSUPPORT);
+        }
+        if socket.phase != Phase::Created {
+            return Err(Errno::EINVAL);
+        }
+        let Some(mapping) = policy.server.mapping(addr.port) else {
+            let reason = if addr.port == 0 {
+                "the policy maps fixed guest ports only: bind a port it lists under [[server.listen]]".to_owned()
+            } else {
+                format!("the policy lets no guest socket listen on port {} ([[server.listen]])", addr.port)
+            };
+            tracing::info!(socket = id, port = addr.port, "bind refused: {reason}");
+            socket.error = Some(reason);
+            return Err(Errno::EACCES);
+        };
+        match Listener::bind(mapping.guest_port, mapping.host) {
+            Ok(listener) => {
+                tracing::info!(socket = id, guest_port = mapping.guest_port, host = %mapping.host, "bound");
+                socket.listener = Some(listener);
+                socket.phase = Phase::Bound;
+                Ok(())
+            }
+            Err(failure) => {
+                tracing::info!(socket = id, %failure, "bind failed");
+                socket.error = Some(failure.reason);
+                Err(failure.errno)
+            }
+        }
+    }
+
+    fn listen(&mut self, id: u32, payload: &[u8]) -> Result<(), Errno> {
+        let request = wire::ListenRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        if request.reserved != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        if !matches!(socket.phase, Phase::Bound | Phase::Listening) {
+            // The guest's stack would pick a port; only the policy's work.
+            return Err(Errno::EINVAL);
+        }
+        let backlog = match request.backlog as usize {
+            0 => DEFAULT_BACKLOG,
+            n => n.min(MAX_BACKLOG),
+        };
+        let config = match self.server_context.config(&socket.options) {
+            Ok(config) => config,
+            Err(failure) => {
+                socket.error = Some(failure.reason);
+                return Err(failure.errno);
+            }
+        };
+        let token = socket.token();
+        let listener = socket.listener.as_mut().expect("a bound socket has a listener");
+        if let Err(failure) = listener.listen(self.poll.registry(), token, backlog, config) {
+            socket.error = Some(failure.reason);
+            return Err(failure.errno);
+        }
+        socket.phase = Phase::Listening;
+        tracing::info!(socket = id, host = %listener.host, backlog, "listening");
+        // Clients may have queued up between bind and listen.
+        self.accept_incoming(id);
+        Ok(())
+    }
+
+    fn accept(&mut self, id: u32, payload: &[u8]) -> Result<(u32, wire::SockAddr), Errno> {
+        let request = wire::AcceptRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        if request.reserved0 != 0 || request.reserved1 != 0 || request.queue_pair >= self.shape.queue_pairs {
+            return Err(Errno::EINVAL);
+        }
+        let listener_socket = Self::open_socket(&mut self.sockets, id)?;
+        let listener = match listener_socket.listener.as_mut() {
+            Some(listener) if listener.is_listening() => listener,
+            _ => return Err(Errno::EINVAL),
+        };
+        let new_id = listener.ready.pop_front().ok_or(Errno::EAGAIN)?;
+        let socket = self.sockets.get_mut(&new_id).expect("ready connections stay until claimed");
+        socket.unclaimed_by = None;
+        socket.queue_pair = request.queue_pair;
+        let peer = socket.peer_addr.expect("accepted connections know their client");
+        tracing::debug!(socket = new_id, listener = id, %peer, "accepted by the driver");
+        // A slot in the backlog came free.
+        self.accept_incoming(id);
+        Ok((new_id, sockaddr_of(peer)))
+    }
+
+    /// Takes connections off the host listener while the backlog and the
+    /// socket limit allow, and starts their handshakes.
+    fn accept_incoming(&mut self, listener_id: u32) {
+        let max_sockets = self.policy().limits.max_sockets as usize;
+        let handshake_timeout = Duration::from_secs(u64::from(self.policy().limits.handshake_timeout_secs));
+        loop {
+            let Some(listener_socket) = self.sockets.get(&listener_id) else { return };
+            let Some(listener) = listener_socket.listener.as_ref() else { return };
+            if !listener.has_room() || self.sockets.len() >= max_sockets {
+                // The rest wait in the host's accept queue until a slot
+                // frees (ACCEPT, a failed handshake).
+                return;
+            }
+            let (stream, peer) = match listener.accept() {
+                Ok(Some(accepted)) => accepted,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(socket = listener_id, %error, "accepting a connection failed");
+                    return;
+                }
+            };
+            let config = listener.config.clone().expect("a listening socket has its configuration");
+            let tls = match rustls::ServerConnection::new(config) {
+                Ok(tls) => tls,
+                Err(error) => {
+                    tracing::warn!(socket = listener_id, %error, "cannot start a server handshake");
+                    continue;
+                }
+            };
+            let id = self.allocate_id();
+            match Socket::accepted(id, listener_id, self.poll.registry(), stream, peer, tls) {
+                Ok(mut socket) => {
+                    socket.deadline = Some(Instant::now() + handshake_timeout);
+                    self.sockets.insert(id, socket);
+                }
+                Err(failure) => {
+                    tracing::warn!(socket = listener_id, %failure, "dropping a connection");
+                    continue;
+                }
+            }
+            let listener = self.sockets.get_mut(&listener_id).and_then(|s| s.listener.as_mut()).expect("looked up above");
+            listener.handshaking += 1;
+            tracing::debug!(socket = id, listener = listener_id, %peer, "connection accepted, handshaking");
+            self.advance(id);
+        }
+    }
+
+    /// A listening socket closed: connections the driver never took go.
+    fn close_listener(&mut self, id: u32, mut listener: Listener) {
+        listener.stop(self.poll.registry());
+        let orphans: Vec<u32> = self.sockets.values().filter(|s| s.unclaimed_by == Some(id)).map(|s| s.id).collect();
+        for orphan in orphans {
+            if let Some(mut socket) = self.sockets.remove(&orphan) {
+                socket.drop_connection(self.poll.registry());
+            }
+        }
+    }
+
+    /// An accepted connection the driver has not taken made progress.
+    fn unclaimed_progress(&mut self, id: u32, listener_id: u32, notice: Option<Notice>) {
+        let Some(notice) = notice else { return };
+        let listener = self.sockets.get_mut(&listener_id).and_then(|s| s.listener.as_mut());
+        match (notice, listener) {
+            (Notice::Connected, Some(listener)) if !listener.ready.contains(&id) => {
+                listener.handshaking = listener.handshaking.saturating_sub(1);
+                listener.ready.push_back(id);
+                let socket = &self.sockets[&id];
+                tracing::info!(
+                    socket = id,
+                    listener = listener_id,
+                    client = %socket.server_name,
+                    sni = socket.requested_server_name().unwrap_or("-"),
+                    "handshake done, waiting for ACCEPT"
+                );
+                self.events.push_back(event(wire::VIRTIO_TLS_EVENT_ACCEPT_READY, listener_id, 0, Errno(0)));
+            }
+            (Notice::Connected, _) => {}
+            (Notice::Failed(_), listener) => {
+                // The guest never learns of a connection that failed before
+                // it took it, as with a kernel's accept queue.
+                if let Some(listener) = listener {
+                    match listener.ready.iter().position(|&ready| ready == id) {
+                        Some(at) => {
+                            listener.ready.remove(at);
+                        }
+                        None => listener.handshaking = listener.handshaking.saturating_sub(1),
+                    }
+                }
+                if let Some(mut socket) = self.sockets.remove(&id) {
+                    tracing::info!(
+                        socket = id,
+                        listener = listener_id,
+                        client = %socket.server_name,
+                        reason = socket.error.as_deref().unwrap_or("-"),
+                        "incoming connection failed before ACCEPT"
+                    );
+                    socket.drop_connection(self.poll.registry());
+                }
+                self.accept_incoming(listener_id);
+            }
+        }
+    }
+
     fn shutdown(&mut self, id: u32, payload: &[u8]) -> Result<(), Errno> {
         let request = wire::ShutdownRequest::decode(payload).ok_or(Errno::EINVAL)?;
         let socket = Self::open_socket(&mut self.sockets, id)?;
@@ -454,7 +676,7 @@ impl Device {
         let header = DataHeader::decode(&header_bytes).expect("full header read");
         let id = header.socket_id;
         let buf_size = self.policy().limits.socket_buffer_bytes;
-        let Some(socket) = self.sockets.get_mut(&id) else {
+        let Some(socket) = self.sockets.get_mut(&id).filter(|s| s.unclaimed_by.is_none()) else {
             tracing::debug!(socket = id, "data for an unknown socket: dropped");
             return;
         };
@@ -656,7 +878,11 @@ impl Device {
                 self.sockets.remove(&id);
                 continue;
             }
-            let what = if socket.phase == Phase::Resolving { "resolving" } else { "connecting and handshaking with" };
+            let what = match socket.phase {
+                Phase::Resolving => "resolving",
+                _ if socket.unclaimed_by.is_some() => "handshaking with",
+                _ => "connecting and handshaking with",
+            };
             let reason = format!("timed out {what} {}", socket.server_name);
             self.fail_socket(id, Failure::new(Errno::ETIMEDOUT, reason));
         }
@@ -672,6 +898,10 @@ impl Device {
     /// Lets socket `id` make progress and tells the driver what came of it.
     fn advance(&mut self, id: u32) {
         let Some(socket) = self.sockets.get_mut(&id) else { return };
+        if socket.listener.is_some() {
+            self.accept_incoming(id);
+            return;
+        }
         let connecting = matches!(socket.phase, Phase::Resolving | Phase::Connecting | Phase::Handshaking);
         let notice = socket.progress(self.poll.registry(), &self.context);
         self.after_progress(id, connecting, notice);
@@ -680,6 +910,10 @@ impl Device {
     fn after_progress(&mut self, id: u32, was_connecting: bool, notice: Option<Notice>) {
         let buf_size = self.policy().limits.socket_buffer_bytes;
         let Some(socket) = self.sockets.get_mut(&id) else { return };
+        if let Some(listener_id) = socket.unclaimed_by {
+            self.unclaimed_progress(id, listener_id, notice);
+            return;
+        }
         if socket.closing {
             // The driver has forgotten this socket: nothing more for it.
             let pending = socket.rx_pending();
@@ -722,4 +956,15 @@ fn error_response(socket_id: u32, errno: Errno) -> CtrlResponse {
 
 fn event(kind: u16, socket_id: u32, request_id: u64, status: Errno) -> Event {
     Event { event: kind, socket_id, request_id, status: status.0, ..Default::default() }
+}
+
+/// The wire form of a host socket address.
+fn sockaddr_of(addr: SocketAddr) -> wire::SockAddr {
+    match addr {
+        SocketAddr::V4(v4) => wire::SockAddr::ipv4(v4.ip().octets(), v4.port()),
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => wire::SockAddr::ipv4(v4.octets(), v6.port()),
+            None => wire::SockAddr::ipv6(v6.ip().octets(), v6.port(), v6.scope_id()),
+        },
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod device;
+pub mod listener;
 pub mod queues;
 pub mod server;
 pub mod socket;

@@ -9,16 +9,22 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use rustls::ClientConnection;
+use rustls::{Connection, ServerConnection};
 use tls_engine::destination::Destination;
 use tls_engine::errno::{Errno, Failure};
 use tls_engine::options::SocketOptions;
 use tls_engine::tls::{describe_error, ClientContext, ConnectionInfo};
 
+use crate::listener::Listener;
+
 /// Where a socket is in its life (spec 2.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Created,
+    /// BIND mapped the guest port to a host address (server sockets).
+    Bound,
+    /// LISTEN: accepting connections for the guest.
+    Listening,
     Resolving,
     Connecting,
     Handshaking,
@@ -47,7 +53,15 @@ pub struct Socket {
     /// The address the current connection attempt goes to.
     current_addr: Option<SocketAddr>,
     stream: Option<TcpStream>,
-    tls: Option<ClientConnection>,
+    tls: Option<Connection>,
+    /// A listening socket's host listener and accept queue.
+    pub listener: Option<Listener>,
+    /// For a connection a listening socket accepted: that socket, until the
+    /// driver takes this one with ACCEPT. The driver does not know such a
+    /// socket yet, so nothing is sent to it.
+    pub unclaimed_by: Option<u32>,
+    /// The client of an accepted connection.
+    pub peer_addr: Option<SocketAddr>,
     pub info: ConnectionInfo,
     /// Reason of the last failure, for TLS_ERROR.
     pub error: Option<String>,
@@ -100,6 +114,9 @@ impl Socket {
             current_addr: None,
             stream: None,
             tls: None,
+            listener: None,
+            unclaimed_by: None,
+            peer_addr: None,
             info: ConnectionInfo::default(),
             error: None,
             deadline: None,
@@ -119,6 +136,38 @@ impl Socket {
             read_shut: false,
             credit_update_wanted: false,
             closing: false,
+        }
+    }
+
+    /// A connection `listener_id` accepted from `peer`, handshaking. The
+    /// driver's credit stays 0 until it claims the socket (ACCEPT) and sends
+    /// a CREDIT_UPDATE.
+    pub fn accepted(
+        id: u32,
+        listener_id: u32,
+        registry: &Registry,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        tls: ServerConnection,
+    ) -> Result<Socket, Failure> {
+        let mut socket = Socket::new(id, 0);
+        registry
+            .register(&mut stream, socket.token(), Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| Failure::new(Errno::ENOBUFS, format!("cannot watch the connection: {e}")))?;
+        socket.stream = Some(stream);
+        socket.tls = Some(Connection::Server(tls));
+        socket.phase = Phase::Handshaking;
+        socket.unclaimed_by = Some(listener_id);
+        socket.peer_addr = Some(peer);
+        socket.server_name = format!("client {peer}");
+        Ok(socket)
+    }
+
+    /// The name the client asked for (SNI), on an accepted connection.
+    pub fn requested_server_name(&self) -> Option<&str> {
+        match self.tls.as_ref()? {
+            Connection::Server(server) => server.server_name(),
+            Connection::Client(_) => None,
         }
     }
 
@@ -195,7 +244,7 @@ impl Socket {
                     return Ok(None);
                 }
                 (Ok(None), Ok(_)) => {
-                    self.tls = Some(context.connect(&self.options, &self.server_name)?);
+                    self.tls = Some(Connection::Client(context.connect(&self.options, &self.server_name)?));
                     self.phase = Phase::Handshaking;
                 }
             }
@@ -209,7 +258,10 @@ impl Socket {
         if was_handshaking && self.tls.as_ref().is_some_and(|tls| !tls.is_handshaking()) {
             self.phase = Phase::Established;
             self.deadline = None;
-            self.info = ConnectionInfo::of(self.tls.as_ref().expect("checked above"));
+            self.info = match self.tls.as_ref().expect("checked above") {
+                Connection::Client(client) => ConnectionInfo::of(client),
+                Connection::Server(server) => ConnectionInfo::of(server),
+            };
             // Data the driver queued early, and any close, can go now.
             self.pump(range)?;
             return Ok(Some(Notice::Connected));
@@ -353,7 +405,8 @@ impl Socket {
                     && self.close_notify_queued
                     && self.tls.as_ref().is_some_and(|tls| !tls.wants_write())
             }
-            // A socket that never got connected has nothing to flush.
+            // A socket that never got connected (or a listening one) has
+            // nothing to flush.
             _ => true,
         }
     }
@@ -374,12 +427,15 @@ impl Socket {
         if let Some(mut stream) = self.stream.take() {
             let _ = registry.deregister(&mut stream);
         }
+        if let Some(mut listener) = self.listener.take() {
+            listener.stop(registry);
+        }
         self.tls = None;
     }
 }
 
 /// Writes what rustls has for the peer; false when the socket is full.
-fn flush_tls(tls: &mut ClientConnection, stream: &mut TcpStream) -> Result<bool, Failure> {
+fn flush_tls(tls: &mut Connection, stream: &mut TcpStream) -> Result<bool, Failure> {
     while tls.wants_write() {
         match tls.write_tls(stream) {
             Ok(_) => {}
