@@ -57,12 +57,15 @@ impl ClientContext {
     }
 }
 
+/// A server configuration's version range and required name.
+type ServerConfigKey = ((TlsVersion, TlsVersion), Option<String>);
+
 /// Server configurations for one policy: one per version range and
 /// listening-socket name restriction, shared by the connections a listening
 /// socket accepts (and by its session ticket keys and cache).
 pub struct ServerContext {
     policy: Arc<Policy>,
-    configs: Mutex<HashMap<((TlsVersion, TlsVersion), Option<String>), Arc<ServerConfig>>>,
+    configs: Mutex<HashMap<ServerConfigKey, Arc<ServerConfig>>>,
 }
 
 impl ServerContext {

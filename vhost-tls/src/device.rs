@@ -447,6 +447,14 @@ impl Device {
             socket.error = Some(reason);
             return Err(Errno::EACCES);
         };
+        // The host's SO_REUSEADDR would let two sockets bind one port
+        // until one listens; the guest expects its own stack's answer.
+        let in_use = self.sockets.values().any(|s| s.listener.as_ref().is_some_and(|l| l.guest_port == mapping.guest_port));
+        let socket = self.sockets.get_mut(&id).expect("looked up above");
+        if in_use {
+            socket.error = Some(format!("guest port {} is already bound", mapping.guest_port));
+            return Err(Errno::EADDRINUSE);
+        }
         match Listener::bind(mapping.guest_port, mapping.host) {
             Ok(listener) => {
                 tracing::info!(socket = id, guest_port = mapping.guest_port, host = %mapping.host, "bound");

@@ -89,6 +89,11 @@ pub struct TlsDevice {
     tx_free: Vec<u64>,
     tx_in_flight: HashMap<(u16, u16), u64>,
     sockets: HashMap<u32, SocketState>,
+    /// ACCEPT_READY events not yet answered by an ACCEPT, by listening socket.
+    accept_ready: HashMap<u32, u32>,
+    /// Receive buffers and events the device sent for socket ids this
+    /// driver does not know (it must send none).
+    pub messages_for_unknown_sockets: u64,
     /// Guest address just past guest memory, for fault tests.
     memory_end: u64,
 }
@@ -127,6 +132,8 @@ impl TlsDevice {
             tx_free,
             tx_in_flight: HashMap::new(),
             sockets: HashMap::new(),
+            accept_ready: HashMap::new(),
+            messages_for_unknown_sockets: 0,
             memory_end,
         };
         for addr in event_addrs {
@@ -304,6 +311,50 @@ impl TlsDevice {
                 return Err(Errno::ETIMEDOUT);
             }
             self.poll(Duration::from_millis(10));
+        }
+    }
+
+    /// BIND to a guest port (the policy maps it to a host address).
+    pub fn bind(&mut self, id: u32, addr: SockAddr) -> Result<(), Errno> {
+        let (response, _) = self.request(wire::VIRTIO_TLS_OP_BIND, id, &addr.encode(), 0);
+        Self::status(&response)
+    }
+
+    pub fn listen(&mut self, id: u32, backlog: u32) -> Result<(), Errno> {
+        let payload = wire::ListenRequest { backlog, reserved: 0 }.encode();
+        let (response, _) = self.request(wire::VIRTIO_TLS_OP_LISTEN, id, &payload, 0);
+        Self::status(&response)
+    }
+
+    /// One ACCEPT: the new socket and its client, or EAGAIN when no
+    /// handshaken connection waits. The new socket is set up and its
+    /// receive credit sent, as a driver must (spec 2.6.8).
+    pub fn try_accept(&mut self, id: u32) -> Result<(u32, SockAddr), Errno> {
+        self.poll(Duration::ZERO);
+        let payload = wire::AcceptRequest { queue_pair: 0, reserved0: 0, reserved1: 0 }.encode();
+        let (response, value) = self.request(wire::VIRTIO_TLS_OP_ACCEPT, id, &payload, SockAddr::SIZE as u32);
+        Self::status(&response)?;
+        let peer = SockAddr::decode(&value).expect("ACCEPT returns the client's address");
+        let state = SocketState { queue_pair: 0, peer_buf_alloc: self.config.socket_buf_size, ..Default::default() };
+        self.sockets.insert(response.socket_id, state);
+        self.send_packet(response.socket_id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
+        Ok((response.socket_id, peer))
+    }
+
+    /// ACCEPT_READY events seen for listening socket `id` (cleared by the caller's ACCEPTs).
+    pub fn take_accept_ready(&mut self, id: u32) -> u32 {
+        self.poll(Duration::ZERO);
+        self.accept_ready.remove(&id).unwrap_or(0)
+    }
+
+    /// Waits for a handshaken connection and accepts it.
+    pub fn accept(&mut self, id: u32, timeout: Duration) -> Result<(u32, SockAddr), Errno> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.try_accept(id) {
+                Err(Errno::EAGAIN) if Instant::now() < deadline => self.poll(Duration::from_millis(10)),
+                other => return other,
+            }
         }
     }
 
@@ -522,7 +573,9 @@ impl TlsDevice {
                 let mut bytes = [0u8; Event::SIZE];
                 self.device.memory().read(addr, &mut bytes).expect("read event");
                 let event = Event::decode(&bytes).expect("full event");
-                if let Some(socket) = self.sockets.get_mut(&event.socket_id) {
+                if event.event == wire::VIRTIO_TLS_EVENT_ACCEPT_READY && self.sockets.contains_key(&event.socket_id) {
+                    *self.accept_ready.entry(event.socket_id).or_default() += 1;
+                } else if let Some(socket) = self.sockets.get_mut(&event.socket_id) {
                     match event.event {
                         wire::VIRTIO_TLS_EVENT_CONNECT_DONE => {
                             socket.connect_result = Some(event.status);
@@ -535,6 +588,8 @@ impl TlsDevice {
                         wire::VIRTIO_TLS_EVENT_SOCKET_ERROR => socket.error = Some(Errno(event.status)),
                         other => panic!("unknown event {other}"),
                     }
+                } else {
+                    self.messages_for_unknown_sockets += 1;
                 }
             }
             self.post_event_buffer(addr);
@@ -565,6 +620,8 @@ impl TlsDevice {
                             socket.eof = true;
                         }
                     }
+                } else {
+                    self.messages_for_unknown_sockets += 1;
                 }
             }
             self.post_rx_buffer(pair, addr);

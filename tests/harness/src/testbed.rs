@@ -52,9 +52,16 @@ impl Testbed {
     }
 
     pub fn start_with_pairs(policy_toml: &str, queue_pairs: u16) -> Testbed {
+        Self::start_with_files(policy_toml, queue_pairs, |_, _| {})
+    }
+
+    /// Like `start_with_pairs`, with `prepare` writing files the policy
+    /// names (server identities, say) into the testbed's directory first.
+    pub fn start_with_files(policy_toml: &str, queue_pairs: u16, prepare: impl FnOnce(&TestCa, &Path)) -> Testbed {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = TestCa::new("vhost-tls test CA");
         std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).expect("write ca.pem");
+        prepare(&ca, dir.path());
         let policy = Policy::from_toml_str(policy_toml, "test-policy.toml", dir.path())
             .unwrap_or_else(|e| panic!("test policy: {e}"));
         let socket = dir.path().join("vhost-tls.sock");

@@ -1,0 +1,373 @@
+//! Guest TLS servers: a listening socket in the guest (the harness as
+//! driver), the backend listening where the policy maps its port and
+//! terminating TLS with the operator's identities, and real clients on the
+//! host loopback: rustls, `openssl s_client` and curl, all verifying the
+//! operator's certificate against the test CA.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tls_engine::Errno;
+use vhost_tls_harness::driver::{Recv, TlsDevice};
+use vhost_tls_harness::pki::{TestCa, Validity};
+use vhost_tls_harness::testbed::{Testbed, LOOPBACK_POLICY};
+use virtio_tls_spec::{self as wire, SockAddr};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const GUEST_PORT: u16 = 8443;
+const GUEST_PORT_V6: u16 = 8444;
+
+/// A port free on the host right now (the kernel picks it).
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// The loopback policy plus two guest ports and two identities: `www`
+/// (also the loopback names, and first, so the default) and `api`.
+struct ServerBed {
+    bed: Testbed,
+    host_v4: SocketAddr,
+    host_v6: SocketAddr,
+    www_leaf: CertificateDer<'static>,
+    api_leaf: CertificateDer<'static>,
+}
+
+fn start(extra_policy: &str) -> ServerBed {
+    let (port4, port6) = (free_port("127.0.0.1"), free_port("::1"));
+    let policy = format!(
+        r#"{LOOPBACK_POLICY}
+[[server.listen]]
+guest_port = {GUEST_PORT}
+host = "127.0.0.1:{port4}"
+
+[[server.listen]]
+guest_port = {GUEST_PORT_V6}
+host = "[::1]:{port6}"
+
+[[server.identities]]
+certificate_chain = "www.pem"
+private_key = "www.key"
+
+[[server.identities]]
+certificate_chain = "api.pem"
+private_key = "api.key"
+{extra_policy}"#
+    );
+    let mut leaves = Vec::new();
+    let bed = Testbed::start_with_files(&policy, 1, |ca: &TestCa, dir: &Path| {
+        for (name, names) in [("www", vec!["www.test", "localhost", "127.0.0.1", "::1"]), ("api", vec!["api.test"])] {
+            let identity = ca.issue(&names, Validity::Current);
+            identity.write_to(dir, name).unwrap();
+            leaves.push(identity.chain[0].clone());
+        }
+    });
+    ServerBed {
+        bed,
+        host_v4: format!("127.0.0.1:{port4}").parse().unwrap(),
+        host_v6: format!("[::1]:{port6}").parse().unwrap(),
+        www_leaf: leaves[0].clone(),
+        api_leaf: leaves[1].clone(),
+    }
+}
+
+/// A listening guest socket on `guest_port`.
+fn listen(device: &mut TlsDevice, family: u16, guest_port: u16) -> u32 {
+    let id = device.create(family).expect("create");
+    let local = if family == wire::VIRTIO_TLS_AF_INET { SockAddr::ipv4([0; 4], guest_port) } else { SockAddr::ipv6([0; 16], guest_port, 0) };
+    device.bind(id, local).unwrap_or_else(|e| panic!("bind: {e}: {}", device.tls_error(id)));
+    device.listen(id, 16).unwrap_or_else(|e| panic!("listen: {e}: {}", device.tls_error(id)));
+    id
+}
+
+fn client_config(ca_der: CertificateDer<'static>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_der).unwrap();
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// What a host client saw of the guest server.
+struct ClientOutcome {
+    leaf: CertificateDer<'static>,
+    reply: Vec<u8>,
+    local: SocketAddr,
+}
+
+/// A rustls client on the host: connects to `addr` asking for `name`,
+/// sends `message`, reads as many bytes back, then sends close_notify.
+fn rustls_client(addr: SocketAddr, name: &str, ca: CertificateDer<'static>, message: &'static [u8]) -> JoinHandle<Result<ClientOutcome, String>> {
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    std::thread::spawn(move || {
+        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let local = tcp.local_addr().unwrap();
+        let conn = ClientConnection::new(client_config(ca), name).map_err(|e| e.to_string())?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        tls.write_all(message).map_err(|e| e.to_string())?;
+        let mut reply = vec![0u8; message.len()];
+        tls.read_exact(&mut reply).map_err(|e| e.to_string())?;
+        let leaf = tls.conn.peer_certificates().unwrap()[0].clone().into_owned();
+        tls.conn.send_close_notify();
+        tls.flush().map_err(|e| e.to_string())?;
+        Ok(ClientOutcome { leaf, reply, local })
+    })
+}
+
+/// The guest side of one echo session on an accepted socket: echoes until
+/// the client's close_notify, then closes.
+fn guest_echo_until_eof(device: &mut TlsDevice, id: u32) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match device.recv(id, 64 * 1024, Duration::from_millis(50)) {
+            Recv::Data(data) => device.send_all(id, &data, TIMEOUT).expect("echo"),
+            Recv::Eof => break,
+            Recv::WouldBlock => assert!(Instant::now() < deadline, "no close_notify from the client"),
+            Recv::Error(errno) => panic!("accepted socket failed: {errno}: {}", device.tls_error(id)),
+        }
+    }
+    device.close(id).unwrap();
+}
+
+/// Runs the driver while `client` runs: accepts one connection and echoes.
+/// Returns the accepted socket's SNI, version and client address.
+fn serve_one(device: &mut TlsDevice, listener: u32, client: JoinHandle<Result<ClientOutcome, String>>) -> (ClientOutcome, String, SockAddr) {
+    let (id, peer) = device.accept(listener, TIMEOUT).unwrap_or_else(|e| panic!("accept: {e}"));
+    let sni = String::from_utf8(device.get_option(id, wire::TLS_HOSTNAME, 255).unwrap()).unwrap();
+    assert_eq!(device.get_option(id, wire::TLS_CHOSEN_VERSION, 4).unwrap(), wire::TLS_1_3.to_le_bytes());
+    guest_echo_until_eof(device, id);
+    let outcome = client.join().unwrap().unwrap_or_else(|e| panic!("client: {e}"));
+    (outcome, sni, peer)
+}
+
+#[test]
+fn rustls_clients_reach_a_guest_server_and_sni_picks_the_certificate() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    assert_ne!(device.config().policy_flags & wire::VIRTIO_TLS_POLICY_SERVER, 0, "the policy lets guests listen");
+    let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET, GUEST_PORT);
+    let ca = sb.bed.ca.cert_der();
+
+    let (outcome, sni, peer) = serve_one(&mut device, listener, rustls_client(sb.host_v4, "api.test", ca.clone(), b"ping api"));
+    assert_eq!(outcome.reply, b"ping api");
+    assert_eq!(outcome.leaf, sb.api_leaf, "SNI api.test gets the api certificate");
+    assert_eq!(sni, "api.test");
+    assert_eq!(peer.family, wire::VIRTIO_TLS_AF_INET);
+    assert_eq!(&peer.addr[..4], &[127, 0, 0, 1]);
+    assert_eq!(peer.port, outcome.local.port(), "ACCEPT gives the real client address");
+
+    let (outcome, sni, _) = serve_one(&mut device, listener, rustls_client(sb.host_v4, "www.test", ca.clone(), b"ping www"));
+    assert_eq!(outcome.reply, b"ping www");
+    assert_eq!(outcome.leaf, sb.www_leaf, "SNI www.test gets the www certificate");
+    assert_eq!(sni, "www.test");
+
+    // An IP address as the name: rustls sends no SNI, the first identity answers.
+    let (outcome, sni, _) = serve_one(&mut device, listener, rustls_client(sb.host_v4, "127.0.0.1", ca, b"no sni"));
+    assert_eq!(outcome.leaf, sb.www_leaf, "no SNI gets the first identity");
+    assert_eq!(sni, "");
+
+    assert_eq!(device.messages_for_unknown_sockets, 0, "nothing was sent for connections before ACCEPT");
+    device.close(listener).unwrap();
+    sb.bed.wait_until_no_sockets();
+}
+
+#[test]
+fn ipv6_guest_server() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET6, GUEST_PORT_V6);
+    let (outcome, _, peer) = serve_one(&mut device, listener, rustls_client(sb.host_v6, "localhost", sb.bed.ca.cert_der(), b"over ::1"));
+    assert_eq!(outcome.reply, b"over ::1");
+    assert_eq!(peer.family, wire::VIRTIO_TLS_AF_INET6);
+    assert_eq!(&peer.addr[..16], &std::net::Ipv6Addr::LOCALHOST.octets());
+    assert_eq!(peer.port, outcome.local.port());
+}
+
+#[test]
+fn openssl_s_client_verifies_the_operators_certificate() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET, GUEST_PORT);
+    let ca_file = sb.bed.dir().join("ca.pem");
+    let target = sb.host_v4.to_string();
+    let client = std::thread::spawn(move || {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect", &target, "-servername", "api.test", "-verify_hostname", "api.test"])
+            .arg("-CAfile")
+            .arg(&ca_file)
+            .args(["-verify_return_error", "-quiet", "-no_ign_eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run openssl s_client (installed by scripts/setup)");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello from openssl\n").unwrap();
+        // Give the echo time to come back before EOF makes s_client close.
+        std::thread::sleep(Duration::from_secs(2));
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    });
+    let (id, _) = device.accept(listener, TIMEOUT).unwrap_or_else(|e| panic!("accept: {e}"));
+    assert_eq!(device.get_option(id, wire::TLS_HOSTNAME, 255).unwrap(), b"api.test");
+    let line = device.read_exact(id, b"hello from openssl\n".len(), TIMEOUT).expect("read the client's line");
+    assert_eq!(line, b"hello from openssl\n");
+    device.send_all(id, b"echo: hello from openssl\n", TIMEOUT).unwrap();
+    let (rest, end) = device.read_to_end(id, TIMEOUT);
+    assert!(rest.is_empty(), "{rest:?}");
+    // s_client ends with close_notify or a plain TCP close, either is fine here.
+    assert!(matches!(end, Ok(()) | Err(Errno::ECONNRESET)), "{end:?}");
+    device.close(id).unwrap();
+    let output = client.join().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "s_client failed: {stderr}");
+    assert!(stdout.contains("echo: hello from openssl"), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("verify return:1") && stderr.replace(" = ", "=").contains("CN=api.test"), "stderr: {stderr}");
+}
+
+#[test]
+fn curl_fetches_a_page_from_a_guest_server() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET, GUEST_PORT);
+    let ca_file = sb.bed.dir().join("ca.pem");
+    let port = sb.host_v4.port();
+    let client = std::thread::spawn(move || {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "60", "--http1.1", "--resolve"])
+            .arg(format!("www.test:{port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(&ca_file)
+            .arg(format!("https://www.test:{port}/hello"))
+            .output()
+            .expect("run curl (installed by scripts/setup)")
+    });
+    let (id, _) = device.accept(listener, TIMEOUT).unwrap_or_else(|e| panic!("accept: {e}"));
+    let mut request = Vec::new();
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match device.recv(id, 4096, TIMEOUT) {
+            Recv::Data(data) => request.extend(data),
+            other => panic!("reading the request: {other:?}"),
+        }
+    }
+    let request = String::from_utf8(request).unwrap();
+    assert!(request.starts_with("GET /hello HTTP/1.1\r\n"), "{request}");
+    let body = "served from inside the guest\n";
+    let response = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    device.send_all(id, response.as_bytes(), TIMEOUT).unwrap();
+    device.shutdown(id, wire::VIRTIO_TLS_SHUT_WR).unwrap();
+    let output = client.join().unwrap();
+    assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), body);
+    device.close(id).unwrap();
+}
+
+#[test]
+fn failed_handshakes_never_reach_accept() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET, GUEST_PORT);
+
+    // Plaintext where TLS is expected.
+    let mut plain = TcpStream::connect(sb.host_v4).unwrap();
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    // A client that does not trust the operator's CA aborts the handshake.
+    let stranger = TestCa::new("some other CA");
+    let untrusting = rustls_client(sb.host_v4, "www.test", stranger.cert_der(), b"x");
+    let err = untrusting.join().unwrap().err().expect("a client without the CA fails");
+    assert!(err.contains("UnknownIssuer") || err.contains("invalid peer certificate"), "{err}");
+    // A client that connects and leaves mid-handshake.
+    drop(TcpStream::connect(sb.host_v4).unwrap());
+
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        assert_eq!(device.try_accept(listener).map(|(id, _)| id), Err(Errno::EAGAIN), "no failed connection is offered");
+        device.poll(Duration::from_millis(50));
+    }
+    assert_eq!(device.take_accept_ready(listener), 0);
+    drop(plain);
+
+    let (outcome, _, _) = serve_one(&mut device, listener, rustls_client(sb.host_v4, "www.test", sb.bed.ca.cert_der(), b"fine"));
+    assert_eq!(outcome.reply, b"fine");
+    assert_eq!(device.messages_for_unknown_sockets, 0);
+}
+
+#[test]
+fn listening_hostname_restricts_the_names_served() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.set_option(id, wire::TLS_HOSTNAME, b"api.test").unwrap();
+    device.bind(id, SockAddr::ipv4([0; 4], GUEST_PORT)).unwrap();
+    device.listen(id, 0).unwrap();
+
+    let refused = rustls_client(sb.host_v4, "www.test", sb.bed.ca.cert_der(), b"x").join().unwrap();
+    assert!(refused.is_err(), "a client asking for www.test is turned away");
+    assert_eq!(device.try_accept(id).map(|(id, _)| id), Err(Errno::EAGAIN));
+
+    let (outcome, sni, _) = serve_one(&mut device, id, rustls_client(sb.host_v4, "api.test", sb.bed.ca.cert_der(), b"api only"));
+    assert_eq!(outcome.leaf, sb.api_leaf);
+    assert_eq!(sni, "api.test");
+}
+
+#[test]
+fn only_ports_the_policy_maps_may_listen() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    assert_eq!(device.bind(id, SockAddr::ipv4([0; 4], 9999)), Err(Errno::EACCES));
+    assert!(device.tls_error(id).contains("port 9999"), "{}", device.tls_error(id));
+    assert_eq!(device.bind(id, SockAddr::ipv4([0; 4], 0)), Err(Errno::EACCES));
+    // LISTEN needs a bound socket; ACCEPT a listening one.
+    assert_eq!(device.listen(id, 0), Err(Errno::EINVAL));
+    assert_eq!(device.try_accept(id).map(|(id, _)| id), Err(Errno::EINVAL));
+    // The host port is taken while one guest socket holds it.
+    device.bind(id, SockAddr::ipv4([0; 4], GUEST_PORT)).unwrap();
+    let second = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    assert_eq!(device.bind(second, SockAddr::ipv4([0; 4], GUEST_PORT)), Err(Errno::EADDRINUSE));
+    // A bound socket cannot connect.
+    assert_eq!(device.start_connect(id, SockAddr::ipv4([127, 0, 0, 1], 443)), Err(Errno::EINVAL));
+    device.close(id).unwrap();
+    // Closed, the port is free again.
+    device.bind(second, SockAddr::ipv4([0; 4], GUEST_PORT)).unwrap();
+
+    // Without a [server] section nothing may listen.
+    let client_only = Testbed::start(LOOPBACK_POLICY);
+    let mut device = client_only.driver();
+    assert_eq!(device.config().policy_flags & wire::VIRTIO_TLS_POLICY_SERVER, 0);
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    assert_eq!(device.bind(id, SockAddr::ipv4([0; 4], GUEST_PORT)), Err(Errno::EACCES));
+}
+
+#[test]
+fn closing_a_listener_drops_connections_not_yet_accepted() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET, GUEST_PORT);
+    let clients: Vec<_> = (0..3).map(|_| rustls_client(sb.host_v4, "www.test", sb.bed.ca.cert_der(), b"never echoed")).collect();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut ready = 0;
+    while ready < 3 {
+        assert!(Instant::now() < deadline, "3 handshakes complete");
+        device.poll(Duration::from_millis(20));
+        ready += device.take_accept_ready(listener);
+    }
+    device.close(listener).unwrap();
+    for client in clients {
+        assert!(client.join().unwrap().is_err(), "the client sees its connection end");
+    }
+    sb.bed.wait_until_no_sockets();
+    assert_eq!(device.messages_for_unknown_sockets, 0);
+}
