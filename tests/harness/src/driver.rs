@@ -328,7 +328,7 @@ impl TlsDevice {
 
     /// One ACCEPT: the new socket and its client, or EAGAIN when no
     /// handshaken connection waits. The new socket is set up and its
-    /// receive credit sent, as a driver must (spec 2.6.8).
+    /// receive credit sent, as a driver must (spec 2.6.9, DRV-6.9.1).
     pub fn try_accept(&mut self, id: u32) -> Result<(u32, SockAddr), Errno> {
         self.poll(Duration::ZERO);
         let payload = wire::AcceptRequest { queue_pair: 0, reserved0: 0, reserved1: 0 }.encode();
