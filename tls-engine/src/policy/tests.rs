@@ -596,3 +596,84 @@ fn the_example_policy_is_valid_and_means_what_it_says() {
     assert_eq!(d.check(None, ip("203.0.113.7"), 443), Verdict::Allow, "default allow");
     assert_denied(d.check(None, ip("127.0.0.1"), 443), "host-local");
 }
+
+// --- server -----------------------------------------------------------------------
+
+/// A leaf for `names` with its key, as PEM (self-signed: the policy only
+/// checks that key and certificate belong together).
+fn leaf_pem(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+#[test]
+fn server_identities_are_chosen_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, names) in [("www", &["www.example.test", "example.test"][..]), ("wild", &["*.api.test"][..])] {
+        let (cert, key) = leaf_pem(names);
+        std::fs::write(dir.path().join(format!("{file}.pem")), cert).unwrap();
+        std::fs::write(dir.path().join(format!("{file}.key")), key).unwrap();
+    }
+    let text = r#"
+[[server.listen]]
+guest_port = 443
+host = "127.0.0.1:8443"
+
+[[server.listen]]
+guest_port = 8443
+host = "[::1]:9443"
+
+[[server.identities]]
+certificate_chain = "www.pem"
+private_key = "www.key"
+
+[[server.identities]]
+certificate_chain = "wild.pem"
+private_key = "wild.key"
+"#;
+    let server = Policy::from_toml_str(text, "p", dir.path()).unwrap().server;
+    assert_eq!(server.mapping(443).unwrap().host, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(server.mapping(8443).unwrap().host, "[::1]:9443".parse().unwrap());
+    assert!(server.mapping(80).is_none());
+    let names_of = |sni: Option<&str>| server.identity_for(sni).unwrap().names.clone();
+    assert_eq!(names_of(Some("v1.api.test")), ["*.api.test"]);
+    assert_eq!(names_of(Some("V1.API.TEST.")), ["*.api.test"], "case and a trailing dot do not matter");
+    assert_eq!(names_of(Some("example.test")), ["www.example.test", "example.test"]);
+    // A wildcard covers one label, not the domain itself nor two labels.
+    assert_eq!(names_of(Some("api.test")), ["www.example.test", "example.test"]);
+    assert_eq!(names_of(Some("a.b.api.test")), ["www.example.test", "example.test"]);
+    assert_eq!(names_of(None), ["www.example.test", "example.test"], "no SNI: the first identity");
+    assert!(Policy::builtin_default().server.listen.is_empty(), "no guest listens by default");
+}
+
+#[test]
+fn server_errors_name_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf_pem(&["a.test"]);
+    let (_, other_key) = leaf_pem(&["b.test"]);
+    std::fs::write(dir.path().join("a.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("a.key"), key).unwrap();
+    std::fs::write(dir.path().join("other.key"), other_key).unwrap();
+    let refused = |text: &str, line: usize, fragment: &str| {
+        let error = Policy::from_toml_str(text, "p", dir.path()).expect_err(text);
+        assert_eq!(error.line, Some(line), "{text:?}: {error}");
+        assert!(error.message.contains(fragment), "{text:?}: {error}");
+    };
+    let identity = "[[server.identities]]\ncertificate_chain = \"a.pem\"\nprivate_key = \"a.key\"\n";
+    refused(&format!("{identity}[[server.listen]]\nguest_port = 0\nhost = \"127.0.0.1:1\"\n"), 5, "not a port");
+    refused(&format!("{identity}[[server.listen]]\nguest_port = 70000\nhost = \"127.0.0.1:1\"\n"), 5, "not a port");
+    refused(&format!("{identity}[[server.listen]]\nguest_port = 1\nhost = \"localhost:1\"\n"), 6, "not an address and port");
+    refused(&format!("{identity}[[server.listen]]\nguest_port = 1\nhost = \"127.0.0.1:0\"\n"), 6, "needs a port");
+    refused(
+        &format!("{identity}[[server.listen]]\nguest_port = 1\nhost = \"127.0.0.1:1\"\n[[server.listen]]\nguest_port = 1\nhost = \"127.0.0.1:2\"\n"),
+        8,
+        "mapped twice",
+    );
+    refused("[[server.listen]]\nguest_port = 1\nhost = \"127.0.0.1:1\"\n", 1, "names no certificate");
+    refused("[[server.identities]]\ncertificate_chain = \"a.pem\"\nprivate_key = \"other.key\"\n", 1, "does not belong");
+    refused("[[server.identities]]\ncertificate_chain = \"missing.pem\"\nprivate_key = \"a.key\"\n", 1, "cannot read");
+    refused("[[server.identities]]\ncertificate_chain = \"a.key\"\nprivate_key = \"a.key\"\n", 1, "no PEM certificate");
+    refused("[[server.identities]]\ncertificate_chain = \"a.pem\"\nprivate_key = \"a.pem\"\n", 1, "no PEM private key");
+    refused("[[server.identities]]\ncertificate_chain = \"a.pem\"\n", 1, "missing field `private_key`");
+}
