@@ -120,6 +120,10 @@ struct SocketEntry {
     rx_start: usize,
     /// The peer ended its stream (EOF flag).
     eof: bool,
+    /// A listening socket may have a connection to accept: set by
+    /// ACCEPT_READY and after every successful ACCEPT (more may wait),
+    /// cleared when ACCEPT finds none.
+    accept_ready: bool,
     /// Payload bytes sent, ever (the spec's tx_cnt; CLOSE's tx_bytes).
     tx_bytes: u64,
     /// The device's credit view (spec 2.8.2).
@@ -139,6 +143,7 @@ impl SocketEntry {
             rx: KVec::new(),
             rx_start: 0,
             eof: false,
+            accept_ready: false,
             tx_bytes: 0,
             peer_buf_alloc,
             peer_fwd_cnt: 0,
@@ -314,6 +319,7 @@ impl Device {
                     match event.event {
                         wire::VIRTIO_TLS_EVENT_CONNECT_DONE => entry.connect_status = Some(event.status),
                         wire::VIRTIO_TLS_EVENT_SOCKET_ERROR => entry.error = Some(event.status),
+                        wire::VIRTIO_TLS_EVENT_ACCEPT_READY => entry.accept_ready = true,
                         _ => {}
                     }
                 }
@@ -609,6 +615,12 @@ unsafe extern "C" fn remove(vdev: *mut bindings::virtio_device) {
 struct TlsSock {
     inet: bindings::inet_sock,
     socket_id: u32,
+    /// The guest port bound (BIND), for getsockname().
+    local_port: u16,
+    /// For getpeername(): the address connected to, or the client an
+    /// accepted socket came from. Family 0 when unknown (connect by name:
+    /// the host resolved it).
+    peer: wire::SockAddr,
 }
 
 /// An AF_INET6 TLS socket: inet6_create finds the IPv6 part through
@@ -853,6 +865,9 @@ unsafe extern "C" fn tls_connect(
         Ok(_) => {}
         Err(error) => return error.to_errno(),
     }
+    let peer = if target.family == wire::VIRTIO_TLS_AF_HOSTNAME { wire::SockAddr::default() } else { target };
+    // SAFETY: sk was allocated with obj_size = size_of::<TlsSock>().
+    unsafe { (*sk.cast::<TlsSock>()).peer = peer };
     // SAFETY: as above.
     unsafe { (*sock).state = bindings::socket_state_SS_CONNECTING };
     if flags as u32 & bindings::O_NONBLOCK != 0 {
@@ -1003,7 +1018,14 @@ unsafe extern "C" fn tls_poll(file: *mut bindings::file, sock: *mut bindings::so
     // SAFETY: as above.
     let state = unsafe { (*sock).state };
     let mut mask = 0;
-    if state == bindings::socket_state_SS_CONNECTED {
+    // SAFETY: as above.
+    if is_listening(unsafe { (*sock).sk }) {
+        // "Maybe": accept() may still find nothing (EAGAIN) after another
+        // caller took the connection, as with TCP.
+        if entry.accept_ready {
+            mask |= EPOLLIN | EPOLLRDNORM;
+        }
+    } else if state == bindings::socket_state_SS_CONNECTED {
         if entry.unread() > 0 || entry.eof || entry.error.is_some() {
             mask |= EPOLLIN | EPOLLRDNORM;
         }
@@ -1168,15 +1190,261 @@ unsafe extern "C" fn tls_shutdown(sock: *mut bindings::socket, how: c_int) -> c_
     }
 }
 
-/// `bind()`: server sockets come with VIRTIO_TLS_F_SERVER; binding a
+/// `struct sockaddr_in`: family, port, addr[4], zero[8].
+const SOCKADDR_IN_LEN: usize = 16;
+/// The shortest `struct sockaddr_in6` bind() takes (RFC 2133, no scope).
+const SOCKADDR_IN6_MIN_LEN: usize = 24;
+
+/// `bind()`: BIND to a guest port; the operator's policy decides whether
+/// the port may listen and where on the host (spec 2.6.7). Binding a
 /// connected socket is EINVAL, as SSA's tests expect.
-unsafe extern "C" fn tls_bind(sock: *mut bindings::socket, _addr: *mut bindings::sockaddr, _len: c_int) -> c_int {
+unsafe extern "C" fn tls_bind(sock: *mut bindings::socket, uaddr: *mut bindings::sockaddr, addr_len: c_int) -> c_int {
     // SAFETY: the core passes a live socket.
-    if unsafe { (*sock).state } == bindings::socket_state_SS_CONNECTED {
-        -(bindings::EINVAL as c_int)
-    } else {
-        -(bindings::EOPNOTSUPP as c_int)
+    if unsafe { (*sock).state } != bindings::socket_state_SS_UNCONNECTED {
+        return -(bindings::EINVAL as c_int);
     }
+    // SAFETY: as above.
+    let sk = unsafe { (*sock).sk };
+    // SAFETY: as above.
+    let socket_family = unsafe { (*sk).__sk_common.skc_family } as u32;
+    let len = addr_len.max(0) as usize;
+    if len < 2 {
+        return -(bindings::EINVAL as c_int);
+    }
+    // SAFETY: move_addr_to_kernel copied addr_len bytes (at most a
+    // sockaddr_storage) to this kernel buffer.
+    let raw = unsafe { core::slice::from_raw_parts(uaddr.cast::<u8>(), len.min(128)) };
+    let family = u16::from_ne_bytes([raw[0], raw[1]]) as u32;
+    if family != socket_family {
+        return -(bindings::EAFNOSUPPORT as c_int);
+    }
+    let local = match family {
+        bindings::AF_INET if len >= SOCKADDR_IN_LEN => {
+            wire::SockAddr::ipv4([raw[4], raw[5], raw[6], raw[7]], u16::from_be_bytes([raw[2], raw[3]]))
+        }
+        bindings::AF_INET6 if len >= SOCKADDR_IN6_MIN_LEN => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&raw[8..24]);
+            wire::SockAddr::ipv6(octets, u16::from_be_bytes([raw[2], raw[3]]), 0)
+        }
+        _ => return -(bindings::EINVAL as c_int),
+    };
+    match control_request(wire::VIRTIO_TLS_OP_BIND, socket_id_of(sk), &local.encode()) {
+        Ok(response) if response.status != 0 => -(response.status as c_int),
+        Ok(_) => {
+            // SAFETY: sk was allocated with obj_size = size_of::<TlsSock>().
+            unsafe { (*sk.cast::<TlsSock>()).local_port = local.port };
+            0
+        }
+        Err(error) => error.to_errno(),
+    }
+}
+
+fn is_listening(sk: *mut bindings::sock) -> bool {
+    // SAFETY: callers pass live sockets of ours.
+    unsafe { (*sk).__sk_common.skc_state } as u32 == bindings::TCP_LISTEN
+}
+
+/// `listen()`: LISTEN (spec 2.6.8). The backend listens on the host and
+/// completes handshakes before a connection reaches accept().
+unsafe extern "C" fn tls_listen(sock: *mut bindings::socket, backlog: c_int) -> c_int {
+    // SAFETY: the core passes a live socket.
+    if unsafe { (*sock).state } != bindings::socket_state_SS_UNCONNECTED {
+        return -(bindings::EINVAL as c_int);
+    }
+    // SAFETY: as above.
+    let sk = unsafe { (*sock).sk };
+    let socket_id = socket_id_of(sk);
+    let request = wire::ListenRequest { backlog: backlog.max(0) as u32, reserved: 0 };
+    match control_request(wire::VIRTIO_TLS_OP_LISTEN, socket_id, &request.encode()) {
+        Ok(response) if response.status != 0 => return -(response.status as c_int),
+        Ok(_) => {}
+        Err(error) => return error.to_errno(),
+    }
+    // SAFETY: as above; sk_state is how inet sockets say "listening" too.
+    unsafe { (*sk).__sk_common.skc_state = bindings::TCP_LISTEN as u8 };
+    let mut guard = ControlGuard::lock();
+    if let Some(entry) = guard.device().and_then(|device| device.entry(socket_id)) {
+        // Clients may have connected already.
+        entry.accept_ready = true;
+    }
+    0
+}
+
+/// One ACCEPT: the new socket's id and its client, or the errno (EAGAIN
+/// when nothing waits).
+fn accept_once(listener_id: u32) -> core::result::Result<(u32, wire::SockAddr), c_int> {
+    {
+        let mut guard = ControlGuard::lock();
+        if let Some(entry) = guard.device().and_then(|device| device.entry(listener_id)) {
+            // Before asking, so that an ACCEPT_READY racing with the
+            // answer sets it again.
+            entry.accept_ready = false;
+        }
+    }
+    let request = wire::AcceptRequest { queue_pair: 0, reserved0: 0, reserved1: 0 };
+    match control_request_value(wire::VIRTIO_TLS_OP_ACCEPT, listener_id, &request.encode()) {
+        Ok((response, _)) if response.status != 0 => Err(-(response.status as c_int)),
+        Ok((response, value)) => {
+            let mut guard = ControlGuard::lock();
+            if let Some(entry) = guard.device().and_then(|device| device.entry(listener_id)) {
+                // More connections may wait: the next accept() asks.
+                entry.accept_ready = true;
+            }
+            Ok((response.socket_id, wire::SockAddr::decode(&value).unwrap_or_default()))
+        }
+        Err(error) => Err(error.to_errno()),
+    }
+}
+
+/// `accept()`/`accept4()`: a connection whose handshake the backend
+/// completed, as a new connected socket (spec 2.6.9). Blocks until
+/// ACCEPT_READY unless non-blocking; SO_RCVTIMEO bounds the wait.
+unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindings::socket, arg: *mut bindings::proto_accept_arg) -> c_int {
+    // SAFETY: the core passes a live listening socket, a new socket
+    // without a sock, and its accept arguments.
+    let (sk, flags, kern) = unsafe { ((*sock).sk, (*arg).flags, (*arg).kern) };
+    if !is_listening(sk) {
+        return -(bindings::EINVAL as c_int);
+    }
+    let listener_id = socket_id_of(sk);
+    let dontwait = flags as u32 & bindings::O_NONBLOCK != 0;
+    // SAFETY: as above.
+    let until = deadline(unsafe { (*sk).sk_rcvtimeo });
+    let mut waits = 0u32;
+    let (socket_id, peer) = loop {
+        match accept_once(listener_id) {
+            Ok(accepted) => break accepted,
+            Err(errno) if errno == -(bindings::EAGAIN as c_int) => {}
+            Err(errno) => return errno,
+        }
+        // Wait for ACCEPT_READY.
+        loop {
+            if dontwait || passed(until) {
+                return -(bindings::EAGAIN as c_int);
+            }
+            if interrupted() {
+                return -(bindings::EINTR as c_int);
+            }
+            let ready = {
+                let mut guard = ControlGuard::lock();
+                match guard.device() {
+                    Some(device) => {
+                        device.collect_events();
+                        device.entry(listener_id).is_some_and(|entry| entry.accept_ready)
+                    }
+                    None => return -(bindings::ENODEV as c_int),
+                }
+            };
+            if ready {
+                break;
+            }
+            waits += 1;
+            if waits % PROBE_EVERY == 0 {
+                probe_device(listener_id);
+            }
+            sleep_briefly();
+        }
+    };
+    // SAFETY: the listening socket's family and protocol are the new one's.
+    let (family, prot) = unsafe { ((*sk).__sk_common.skc_family, (*sk).__sk_common.skc_prot) };
+    // SAFETY: what inet_create does for a new socket, minus the CREATE
+    // our proto.init would send: the device created this socket already.
+    // Without CONFIG_NET_NS every socket lives in init_net. sk_alloc
+    // zeroes the object (TlsSock, TlsSock6).
+    let newsk = unsafe {
+        bindings::sk_alloc(core::ptr::addr_of_mut!(bindings::init_net), family as c_int, bindings::GFP_KERNEL, prot, kern as c_int)
+    };
+    if newsk.is_null() {
+        let request = wire::CloseRequest { tx_bytes: 0 };
+        let _ = control_request(wire::VIRTIO_TLS_OP_CLOSE, socket_id, &request.encode());
+        return -(bindings::ENOMEM as c_int);
+    }
+    // SAFETY: newsk is a fresh, zeroed sock of our protocol; newsock is the
+    // core's new socket, which sock_init_data links to it.
+    unsafe {
+        bindings::sock_init_data(newsock, newsk);
+        (*newsk).sk_protocol = wire::IPPROTO_TLS as u16;
+        (*newsk).__sk_common.skc_state = bindings::TCP_ESTABLISHED as u8;
+        if family as u32 == bindings::AF_INET6 {
+            // inet6_sk() finds the IPv6 part through pinet6.
+            let tls6 = newsk.cast::<TlsSock6>();
+            (*tls6).tls.inet.pinet6 = core::ptr::addr_of_mut!((*tls6).ipv6);
+        }
+        let tls = newsk.cast::<TlsSock>();
+        (*tls).socket_id = socket_id;
+        (*tls).local_port = (*sk.cast::<TlsSock>()).local_port;
+        (*tls).peer = peer;
+        (*newsock).state = bindings::socket_state_SS_CONNECTED;
+    }
+    let mut guard = ControlGuard::lock();
+    let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
+    let mut entry = SocketEntry::new(socket_id, device.device_buf_alloc);
+    entry.connect_status = Some(0);
+    let stored = match device.entry(0) {
+        Some(free) => {
+            *free = entry;
+            Ok(())
+        }
+        None => device.sockets.push(entry, GFP_KERNEL),
+    };
+    if stored.is_err() {
+        // The new socket is closed (CLOSE included) by the core's release.
+        return -(bindings::ENOMEM as c_int);
+    }
+    // The device sends nothing for this socket before it hears our
+    // receive buffer (DRV-6.9.1).
+    if let Err(error) = device.send_packet(socket_id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]) {
+        return error.to_errno();
+    }
+    0
+}
+
+/// getsockname()/getpeername(): the bound port, and the peer the socket
+/// connected to or was accepted from. The guest never learns host
+/// addresses: the local address is the wildcard, and a peer reached by
+/// host name is the wildcard address with its port.
+unsafe extern "C" fn tls_getname(sock: *mut bindings::socket, uaddr: *mut bindings::sockaddr, peer: c_int) -> c_int {
+    // SAFETY: the core passes a live socket.
+    let (sk, state) = unsafe { ((*sock).sk, (*sock).state) };
+    // SAFETY: our sockets are allocated with obj_size = size_of::<TlsSock>().
+    let tls = unsafe { &*sk.cast::<TlsSock>() };
+    // SAFETY: as above.
+    let family = unsafe { (*sk).__sk_common.skc_family } as u32;
+    let (port, address) = if peer != 0 {
+        if state != bindings::socket_state_SS_CONNECTED {
+            return -(bindings::ENOTCONN as c_int);
+        }
+        (tls.peer.port, tls.peer)
+    } else {
+        (tls.local_port, wire::SockAddr::default())
+    };
+    let mut out = [0u8; SOCKADDR_IN6_LEN];
+    out[0..2].copy_from_slice(&(family as u16).to_ne_bytes());
+    out[2..4].copy_from_slice(&port.to_be_bytes());
+    let len = if family == bindings::AF_INET6 {
+        match address.family {
+            wire::VIRTIO_TLS_AF_INET6 => {
+                out[8..24].copy_from_slice(&address.addr[..16]);
+                out[24..28].copy_from_slice(&address.scope_id.to_ne_bytes());
+            }
+            wire::VIRTIO_TLS_AF_INET => {
+                // An IPv4 client of an IPv6 socket: ::ffff:a.b.c.d.
+                out[18..20].copy_from_slice(&[0xff, 0xff]);
+                out[20..24].copy_from_slice(&address.addr[..4]);
+            }
+            _ => {}
+        }
+        SOCKADDR_IN6_LEN
+    } else {
+        if address.family == wire::VIRTIO_TLS_AF_INET {
+            out[4..8].copy_from_slice(&address.addr[..4]);
+        }
+        SOCKADDR_IN_LEN
+    };
+    // SAFETY: the core passes a sockaddr_storage-sized kernel buffer.
+    unsafe { core::ptr::copy_nonoverlapping(out.as_ptr(), uaddr.cast::<u8>(), len) };
+    len as c_int
 }
 
 /// TLS sockets live on the device, not in the kernel's hash tables.
@@ -1225,9 +1493,9 @@ unsafe fn fill_protocol(
         (*ops).setsockopt = Some(bindings::sock_common_setsockopt);
         (*ops).getsockopt = Some(bindings::sock_common_getsockopt);
         (*ops).socketpair = Some(bindings::sock_no_socketpair);
-        (*ops).accept = Some(bindings::sock_no_accept);
-        (*ops).getname = Some(bindings::sock_no_getname);
-        (*ops).listen = Some(bindings::sock_no_listen);
+        (*ops).accept = Some(tls_accept);
+        (*ops).getname = Some(tls_getname);
+        (*ops).listen = Some(tls_listen);
         (*ops).shutdown = Some(tls_shutdown);
         (*ops).sendmsg = Some(tls_sendmsg);
         (*ops).recvmsg = Some(tls_recvmsg);
