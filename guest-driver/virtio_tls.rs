@@ -532,8 +532,8 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         return err;
     }
     let buffers = (
-        dma_buffer(4096),
-        dma_buffer(4096),
+        dma_buffer(CONTROL_BUFFER),
+        dma_buffer(CONTROL_BUFFER),
         dma_buffer(EVENT_BUFFERS * wire::Event::SIZE),
         dma_buffer(RX_BUFFERS * RX_BUFFER),
         dma_buffer(wire::DataHeader::SIZE + TX_PAYLOAD),
@@ -714,11 +714,22 @@ fn socket_id_of(sk: *mut bindings::sock) -> u32 {
 /// Options whose values are strings: getsockopt adds a terminating NUL, as
 /// C callers print them.
 fn is_string_option(optname: u32) -> bool {
-    matches!(optname, wire::TLS_HOSTNAME | wire::TLS_ERROR | wire::TLS_CHOSEN_CIPHER | wire::TLS_PEER_IDENTITY)
+    matches!(
+        optname,
+        wire::TLS_HOSTNAME
+            | wire::TLS_ERROR
+            | wire::TLS_CHOSEN_CIPHER
+            | wire::TLS_PEER_IDENTITY
+            | wire::TLS_PEER_CERTIFICATE_CHAIN
+            | wire::TLS_ALPN
+    )
 }
 
-/// Largest option value passed through.
-const MAX_OPTION: usize = 4000;
+/// Largest option value passed through: room for a PEM chain or key
+/// (TLS_CERTIFICATE_CHAIN, TLS_PEER_CERTIFICATE_CHAIN).
+const MAX_OPTION: usize = CONTROL_BUFFER - wire::CtrlHeader::SIZE - wire::SetOptRequest::SIZE;
+/// Bytes of each control request and response buffer.
+const CONTROL_BUFFER: usize = 16 * 1024;
 
 unsafe extern "C" fn tls_setsockopt(
     sk: *mut bindings::sock,

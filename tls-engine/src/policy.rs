@@ -23,7 +23,7 @@ use toml::Spanned;
 use crate::tls::iana_suite_name;
 
 mod server;
-pub use server::{Identity, ListenMapping, ServerPolicy};
+pub use server::{ClientPolicy, Identity, ListenMapping, ServerPolicy};
 
 // ---------------------------------------------------------------------------
 // TLS versions
@@ -126,6 +126,11 @@ pub struct Policy {
     pub limits: Limits,
     /// Guest listening sockets; none may listen without a `[server]`.
     pub server: ServerPolicy,
+    /// The client certificate for mutual TLS, if any.
+    pub client: ClientPolicy,
+    /// Whether programs may bring their own certificate and key
+    /// (TLS_CERTIFICATE_CHAIN, TLS_PRIVATE_KEY). Off: keys stay on the host.
+    pub application_identities: bool,
 }
 
 /// A policy problem, with the line it is on when it has one.
@@ -180,6 +185,8 @@ impl Policy {
             destinations: destinations(&file.destinations, &source)?,
             limits: limits(&file.limits, &source)?,
             server: server::parse(&file.server, &source, base_dir)?,
+            client: server::parse_client(&file.client, &source, base_dir)?,
+            application_identities: file.tls.application_identities.as_ref().is_some_and(|v| *v.get_ref()),
         })
     }
 
@@ -194,6 +201,8 @@ impl Policy {
             destinations: DestinationPolicy::default(),
             limits: Limits::default(),
             server: ServerPolicy::default(),
+            client: ClientPolicy::default(),
+            application_identities: false,
         }
     }
 
@@ -388,6 +397,8 @@ struct PolicyFile {
     limits: LimitsSection,
     #[serde(default)]
     server: server::ServerSection,
+    #[serde(default)]
+    client: server::ClientSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -396,6 +407,7 @@ struct TlsSection {
     min_version: Option<Spanned<VersionText>>,
     max_version: Option<Spanned<VersionText>>,
     cipher_suites: Option<Spanned<Vec<Spanned<String>>>>,
+    application_identities: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Default)]

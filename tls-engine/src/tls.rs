@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, ClientConnection, CommonState, Error as TlsError, ServerConfig, ServerConnection};
 use rustls_pki_types::ServerName;
@@ -14,11 +15,18 @@ use crate::errno::{Errno, Failure};
 use crate::options::SocketOptions;
 use crate::policy::{Policy, ServerPolicy, TlsVersion};
 
+/// How long a listening socket's sessions can be resumed unless it sets
+/// TLS_SESSION_TTL.
+pub const DEFAULT_SESSION_TTL_SECS: u32 = 2 * 3600;
+
+/// What makes two client sockets' configurations differ.
+type ClientConfigKey = ((TlsVersion, TlsVersion), bool);
+
 /// Client configurations for one policy, built once per version range and
 /// shared, so that sockets share rustls' session cache (resumption).
 pub struct ClientContext {
     policy: Arc<Policy>,
-    configs: Mutex<HashMap<(TlsVersion, TlsVersion), Arc<ClientConfig>>>,
+    configs: Mutex<HashMap<ClientConfigKey, Arc<ClientConfig>>>,
 }
 
 impl ClientContext {
@@ -30,39 +38,76 @@ impl ClientContext {
         &self.policy
     }
 
-    /// The configuration for a socket with these options.
+    /// The configuration for a socket with these options. Sockets alike
+    /// share one, and with it the session cache that makes resumption work.
     pub fn config(&self, options: &SocketOptions) -> Result<Arc<ClientConfig>, Failure> {
         let range = options.version_range(&self.policy);
+        let own_identity = options.own_identity();
+        let key = (range, options.session_reuse());
         let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(config) = configs.get(&range) {
-            return Ok(config.clone());
+        if own_identity.is_none() {
+            if let Some(config) = configs.get(&key) {
+                return Ok(config.clone());
+            }
         }
-        let config = ClientConfig::builder_with_provider(self.policy.crypto_provider())
+        let builder = ClientConfig::builder_with_provider(self.policy.crypto_provider())
             .with_protocol_versions(&protocol_versions(range))
             .map_err(|e| Failure::new(Errno::EINVAL, format!("policy leaves no usable TLS configuration: {e}")))?
-            .with_root_certificates(self.policy.roots.clone())
-            .with_no_client_auth();
+            .with_root_certificates(self.policy.roots.clone());
+        // A program's own identity (if the policy allows one) over the
+        // operator's client certificate.
+        let mut config = match own_identity.or(self.policy.client.identity.as_ref()) {
+            Some(identity) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(identity.key.clone()))),
+            None => builder.with_no_client_auth(),
+        };
+        if !options.session_reuse() {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         let config = Arc::new(config);
-        configs.insert(range, config.clone());
+        if own_identity.is_none() {
+            configs.insert(key, config.clone());
+        }
         Ok(config)
     }
 
     /// A client connection for `server_name` (the TLS_HOSTNAME or, without
-    /// one, the address connected to), verified against the policy's roots.
+    /// one, the address connected to), verified against the policy's roots,
+    /// offering the socket's ALPN protocols.
     pub fn connect(&self, options: &SocketOptions, server_name: &str) -> Result<ClientConnection, Failure> {
         let name = ServerName::try_from(server_name.to_owned())
             .map_err(|_| Failure::new(Errno::EINVAL, format!("'{server_name}' is neither a host name nor an IP address")))?;
-        ClientConnection::new(self.config(options)?, name)
+        ClientConnection::new_with_alpn(self.config(options)?, name, options.alpn().to_vec())
             .map_err(|e| Failure::new(Errno::EPROTO, format!("cannot start the TLS handshake: {e}")))
     }
 }
 
-/// A server configuration's version range and required name.
-type ServerConfigKey = ((TlsVersion, TlsVersion), Option<String>);
+/// Presents one certificate whenever a server asks for one.
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
 
-/// Server configurations for one policy: one per version range and
-/// listening-socket name restriction, shared by the connections a listening
-/// socket accepts (and by its session ticket keys and cache).
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// What makes two listening sockets' configurations differ: version range,
+/// required name, ALPN, client authentication, resumption and its lifetime.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ServerConfigKey {
+    range: (TlsVersion, TlsVersion),
+    required_name: Option<String>,
+    alpn: Vec<Vec<u8>>,
+    request_peer_auth: bool,
+    session_ttl_secs: Option<u32>,
+}
+
+/// Server configurations for one policy, shared by listening sockets alike
+/// and by the connections they accept (and with them the session cache).
 pub struct ServerContext {
     policy: Arc<Policy>,
     configs: Mutex<HashMap<ServerConfigKey, Arc<ServerConfig>>>,
@@ -74,27 +119,56 @@ impl ServerContext {
     }
 
     /// The configuration for a listening socket with these options: the
-    /// policy's identities, chosen by SNI, restricted to TLS_HOSTNAME when
-    /// the socket set one.
+    /// policy's identities chosen by SNI (or the program's own, where the
+    /// policy allows it), restricted to TLS_HOSTNAME when the socket set one.
     pub fn config(&self, options: &SocketOptions) -> Result<Arc<ServerConfig>, Failure> {
         let range = options.version_range(&self.policy);
-        let required_name = options.hostname().map(str::to_owned);
-        let key = (range, required_name.clone());
+        let own_identity = options.own_identity();
+        let key = ServerConfigKey {
+            range,
+            required_name: options.hostname().map(str::to_owned),
+            alpn: options.alpn().to_vec(),
+            request_peer_auth: options.request_peer_auth(),
+            session_ttl_secs: if options.session_reuse() { Some(options.session_ttl_secs().unwrap_or(DEFAULT_SESSION_TTL_SECS)) } else { None },
+        };
         let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(config) = configs.get(&key) {
-            return Ok(config.clone());
+        if own_identity.is_none() {
+            if let Some(config) = configs.get(&key) {
+                return Ok(config.clone());
+            }
         }
-        if self.policy.server.identities.is_empty() {
-            return Err(Failure::new(Errno::EACCES, "the policy names no server identity ([[server.identities]])"));
-        }
-        let resolver = IdentityResolver { server: self.policy.server.clone(), required_name };
-        let config = ServerConfig::builder_with_provider(self.policy.crypto_provider())
+        let resolver: Arc<dyn ResolvesServerCert> = match own_identity {
+            Some(identity) => Arc::new(IdentityResolver {
+                server: ServerPolicy { identities: vec![identity.clone()], ..ServerPolicy::default() },
+                required_name: key.required_name.clone(),
+            }),
+            None if self.policy.server.identities.is_empty() => {
+                return Err(Failure::new(Errno::EACCES, "the policy names no server identity ([[server.identities]])"));
+            }
+            None => Arc::new(IdentityResolver { server: self.policy.server.clone(), required_name: key.required_name.clone() }),
+        };
+        let builder = ServerConfig::builder_with_provider(self.policy.crypto_provider())
             .with_protocol_versions(&protocol_versions(range))
-            .map_err(|e| Failure::new(Errno::EINVAL, format!("policy leaves no usable TLS configuration: {e}")))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
+            .map_err(|e| Failure::new(Errno::EINVAL, format!("policy leaves no usable TLS configuration: {e}")))?;
+        let builder = if key.request_peer_auth {
+            let roots = self.policy.server.client_roots.clone().unwrap_or_else(|| self.policy.roots.clone());
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, self.policy.crypto_provider())
+                .build()
+                .map_err(|e| Failure::new(Errno::EINVAL, format!("cannot verify client certificates: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_cert_resolver(resolver);
+        config.alpn_protocols = key.alpn.clone();
+        config.session_storage = match key.session_ttl_secs {
+            Some(ttl) => Arc::new(ExpiringSessionCache::new(Duration::from_secs(u64::from(ttl)))),
+            None => Arc::new(rustls::server::NoServerSessionStorage {}),
+        };
         let config = Arc::new(config);
-        configs.insert(key, config.clone());
+        if own_identity.is_none() {
+            configs.insert(key, config.clone());
+        }
         Ok(config)
     }
 
@@ -125,6 +199,55 @@ impl ResolvesServerCert for IdentityResolver {
             }
         }
         self.server.identity_for(asked.as_deref()).map(|identity| identity.key.clone())
+    }
+}
+
+/// rustls' in-memory session cache, with sessions forgotten after a
+/// lifetime (TLS_SESSION_TTL): a session older than that is a full
+/// handshake again.
+#[derive(Debug)]
+struct ExpiringSessionCache {
+    inner: Arc<rustls::server::ServerSessionMemoryCache>,
+    born: Mutex<HashMap<Vec<u8>, Instant>>,
+    ttl: Duration,
+}
+
+/// Sessions a listening socket remembers.
+const SESSION_CACHE_SIZE: usize = 1024;
+
+impl ExpiringSessionCache {
+    fn new(ttl: Duration) -> ExpiringSessionCache {
+        ExpiringSessionCache { inner: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE), born: Mutex::default(), ttl }
+    }
+
+    fn fresh(&self, key: &[u8]) -> bool {
+        let born = self.born.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        born.get(key).is_some_and(|at| at.elapsed() < self.ttl)
+    }
+}
+
+impl rustls::server::StoresServerSessions for ExpiringSessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut born = self.born.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if born.len() >= 4 * SESSION_CACHE_SIZE {
+            // The inner cache evicts on its own; keep the birth dates near it.
+            born.retain(|_, at| at.elapsed() < self.ttl);
+        }
+        born.insert(key.clone(), Instant::now());
+        drop(born);
+        self.inner.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if self.fresh(key) { self.inner.get(key) } else { None }
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if self.fresh(key) { self.inner.take(key) } else { None }
+    }
+
+    fn can_cache(&self) -> bool {
+        !self.ttl.is_zero()
     }
 }
 
@@ -177,6 +300,12 @@ pub struct ConnectionInfo {
     pub cipher: Option<String>,
     /// The peer certificate's subject, e.g. `CN=example.com`.
     pub peer_identity: Option<String>,
+    /// The peer's chain as PEM, leaf first (TLS_PEER_CERTIFICATE_CHAIN).
+    pub peer_chain_pem: Option<String>,
+    /// The ALPN protocol agreed on, empty when none.
+    pub alpn: Vec<u8>,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 impl ConnectionInfo {
@@ -187,21 +316,32 @@ impl ConnectionInfo {
             _ => None,
         });
         let cipher = conn.negotiated_cipher_suite().map(|s| iana_suite_name(s.suite()));
-        let peer_identity = conn
-            .peer_certificates()
-            .and_then(|chain| chain.first())
+        let chain = conn.peer_certificates().unwrap_or_default();
+        let peer_identity = chain
+            .first()
             .and_then(|leaf| x509_parser::parse_x509_certificate(leaf.as_ref()).ok())
             .map(|(_, cert)| cert.subject().to_string());
-        ConnectionInfo { version, cipher, peer_identity }
+        let peer_chain_pem = (!chain.is_empty()).then(|| {
+            chain.iter().map(|cert| pem::encode(&pem::Pem::new("CERTIFICATE", cert.as_ref().to_vec()))).collect::<String>()
+        });
+        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec).unwrap_or_default();
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        ConnectionInfo { version, cipher, peer_identity, peer_chain_pem, alpn, resumed }
     }
 
     /// The value of a read-only option, `None` when it is not one of these
     /// or the handshake has not produced it.
     pub fn get(&self, optname: u32) -> Option<Vec<u8>> {
+        self.version?;
         match optname {
             wire::TLS_CHOSEN_VERSION => self.version.map(|v| v.wire_value().to_le_bytes().to_vec()),
             wire::TLS_CHOSEN_CIPHER => self.cipher.clone().map(String::into_bytes),
-            wire::TLS_PEER_IDENTITY => self.peer_identity.clone().map(String::into_bytes),
+            // Empty when the peer presented no certificate (a client that
+            // was not asked for one).
+            wire::TLS_PEER_IDENTITY => Some(self.peer_identity.clone().unwrap_or_default().into_bytes()),
+            wire::TLS_PEER_CERTIFICATE_CHAIN => Some(self.peer_chain_pem.clone().unwrap_or_default().into_bytes()),
+            wire::TLS_ALPN => Some(self.alpn.clone()),
+            wire::TLS_RESUMED_SESSION => Some(u32::from(self.resumed).to_le_bytes().to_vec()),
             _ => None,
         }
     }

@@ -330,13 +330,19 @@ impl Device {
             wire::TLS_HOSTNAME if socket.peer_addr.is_some() => {
                 (socket.requested_server_name().unwrap_or_default().as_bytes().to_vec(), false)
             }
-            wire::TLS_CHOSEN_VERSION | wire::TLS_CHOSEN_CIPHER | wire::TLS_PEER_IDENTITY => {
+            wire::TLS_CHOSEN_VERSION
+            | wire::TLS_CHOSEN_CIPHER
+            | wire::TLS_PEER_IDENTITY
+            | wire::TLS_PEER_CERTIFICATE_CHAIN
+            | wire::TLS_RESUMED_SESSION => {
                 let value = socket.info.get(optname).ok_or(Errno::ENOTCONN)?;
-                (value, optname == wire::TLS_CHOSEN_VERSION)
+                (value, matches!(optname, wire::TLS_CHOSEN_VERSION | wire::TLS_RESUMED_SESSION))
             }
+            // After the handshake, the protocol agreed on; before, the list.
+            wire::TLS_ALPN if socket.info.version.is_some() => (socket.info.get(optname).unwrap_or_default(), false),
             _ => {
                 let value = socket.options.get(&policy, optname).ok_or(Errno::ENOPROTOOPT)?;
-                (value, optname != wire::TLS_HOSTNAME)
+                (value, !matches!(optname, wire::TLS_HOSTNAME | wire::TLS_ALPN))
             }
         };
         let room = request.max_len as usize;

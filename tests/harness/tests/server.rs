@@ -40,9 +40,13 @@ struct ServerBed {
 }
 
 fn start(extra_policy: &str) -> ServerBed {
+    start_from(LOOPBACK_POLICY, extra_policy)
+}
+
+fn start_from(base_policy: &str, extra_policy: &str) -> ServerBed {
     let (port4, port6) = (free_port("127.0.0.1"), free_port("::1"));
     let policy = format!(
-        r#"{LOOPBACK_POLICY}
+        r#"{base_policy}
 [[server.listen]]
 guest_port = {GUEST_PORT}
 host = "127.0.0.1:{port4}"
@@ -62,6 +66,8 @@ private_key = "api.key"
     );
     let mut leaves = Vec::new();
     let bed = Testbed::start_with_files(&policy, 1, |ca: &TestCa, dir: &Path| {
+        // For policies that give client sockets a certificate ([client]).
+        ca.issue(&["vm-client.test"], Validity::Current).write_to(dir, "client").unwrap();
         for (name, names) in [("www", vec!["www.test", "localhost", "127.0.0.1", "::1"]), ("api", vec!["api.test"])] {
             let identity = ca.issue(&names, Validity::Current);
             identity.write_to(dir, name).unwrap();
@@ -370,4 +376,166 @@ fn closing_a_listener_drops_connections_not_yet_accepted() {
     }
     sb.bed.wait_until_no_sockets();
     assert_eq!(device.messages_for_unknown_sockets, 0);
+}
+
+/// A guest client socket connecting to the guest's own listening socket
+/// through the host: both ends of the TLS session run in the backend.
+fn connect_to_self(device: &mut TlsDevice, host: SocketAddr, name: &str, options: &[(u32, &[u8])]) -> (u32, Result<(), Errno>) {
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.set_option(id, wire::TLS_HOSTNAME, name.as_bytes()).unwrap();
+    for (optname, value) in options {
+        device.set_option(id, *optname, value).unwrap_or_else(|e| panic!("option {optname}: {e}"));
+    }
+    let addr = match host {
+        SocketAddr::V4(v4) => SockAddr::ipv4(v4.ip().octets(), v4.port()),
+        SocketAddr::V6(v6) => SockAddr::ipv6(v6.ip().octets(), v6.port(), 0),
+    };
+    let result = device.connect(id, addr, TIMEOUT);
+    (id, result)
+}
+
+fn int(value: u32) -> [u8; 4] {
+    value.to_le_bytes()
+}
+
+fn string_option(device: &mut TlsDevice, id: u32, optname: u32) -> String {
+    String::from_utf8(device.get_option(id, optname, 16 * 1024).unwrap()).unwrap()
+}
+
+#[test]
+fn alpn_picks_h2_or_http11() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let listener = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.set_option(listener, wire::TLS_ALPN, b"h2,http/1.1").unwrap();
+    device.bind(listener, SockAddr::ipv4([0; 4], GUEST_PORT)).unwrap();
+    device.listen(listener, 0).unwrap();
+
+    for (offered, agreed) in [(&b"h2,http/1.1"[..], "h2"), (b"http/1.1", "http/1.1"), (b"h2", "h2")] {
+        let (client, result) = connect_to_self(&mut device, sb.host_v4, "www.test", &[(wire::TLS_ALPN, offered)]);
+        result.unwrap_or_else(|e| panic!("connect: {e}: {}", device.tls_error(client)));
+        assert_eq!(string_option(&mut device, client, wire::TLS_ALPN), agreed, "client offering {offered:?}");
+        let (server, _) = device.accept(listener, TIMEOUT).unwrap();
+        assert_eq!(string_option(&mut device, server, wire::TLS_ALPN), agreed);
+        device.close(client).unwrap();
+        device.close(server).unwrap();
+    }
+    // Before a handshake, TLS_ALPN reads back what was set.
+    assert_eq!(string_option(&mut device, listener, wire::TLS_ALPN), "h2,http/1.1");
+    // No protocol in common: the server refuses the handshake.
+    let (client, result) = connect_to_self(&mut device, sb.host_v4, "www.test", &[(wire::TLS_ALPN, b"spdy/3")]);
+    assert_eq!(result, Err(Errno::EPROTO));
+    assert!(device.tls_error(client).contains("NoApplicationProtocol"), "{}", device.tls_error(client));
+    // A host client asking for h2 gets it too.
+    let ca = sb.bed.ca.cert_der();
+    let outcome = std::thread::spawn(move || {
+        let mut config = (*client_config(ca)).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(sb.host_v4).unwrap();
+        let mut tls = StreamOwned::new(ClientConnection::new(Arc::new(config), ServerName::try_from("www.test").unwrap()).unwrap(), tcp);
+        tls.write_all(b"x").unwrap();
+        tls.flush().unwrap();
+        tls.conn.alpn_protocol().map(<[u8]>::to_vec)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(outcome.as_deref(), Some(&b"http/1.1"[..]));
+}
+
+#[test]
+fn mutual_tls_accepts_trusted_clients_and_rejects_others() {
+    let sb = start("\n[client]\ncertificate_chain = \"client.pem\"\nprivate_key = \"client.key\"\n");
+    let mut device = sb.bed.driver();
+    let listener = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.set_option(listener, wire::TLS_REQUEST_PEER_AUTH, &int(1)).unwrap();
+    device.bind(listener, SockAddr::ipv4([0; 4], GUEST_PORT)).unwrap();
+    device.listen(listener, 0).unwrap();
+
+    // A client socket presents the operator's client certificate ([client]).
+    let (client, result) = connect_to_self(&mut device, sb.host_v4, "www.test", &[]);
+    result.unwrap_or_else(|e| panic!("connect: {e}: {}", device.tls_error(client)));
+    let (server, _) = device.accept(listener, TIMEOUT).unwrap();
+    assert!(string_option(&mut device, server, wire::TLS_PEER_IDENTITY).contains("CN=vm-client.test"));
+    let chain = string_option(&mut device, server, wire::TLS_PEER_CERTIFICATE_CHAIN);
+    assert!(chain.starts_with("-----BEGIN CERTIFICATE-----") && chain.trim_end().ends_with("-----END CERTIFICATE-----"), "{chain}");
+    // The client sees the server's chain the same way.
+    let server_chain = string_option(&mut device, client, wire::TLS_PEER_CERTIFICATE_CHAIN);
+    assert!(server_chain.starts_with("-----BEGIN CERTIFICATE-----"), "{server_chain}");
+    device.send_all(client, b"authenticated", TIMEOUT).unwrap();
+    assert_eq!(device.read_exact(server, 13, TIMEOUT).unwrap(), b"authenticated");
+
+    // A host client without a certificate never reaches accept().
+    let anonymous = rustls_client(sb.host_v4, "www.test", sb.bed.ca.cert_der(), b"x").join().unwrap();
+    assert!(anonymous.is_err(), "a client without a certificate is refused");
+    let settle = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < settle {
+        assert_eq!(device.try_accept(listener).map(|(id, _)| id), Err(Errno::EAGAIN));
+        device.poll(Duration::from_millis(50));
+    }
+    // Without TLS_REQUEST_PEER_AUTH nobody is asked: the peer identity is empty.
+    let plain = listen(&mut device, wire::VIRTIO_TLS_AF_INET6, GUEST_PORT_V6);
+    let (outcome, _, _) = {
+        let client = rustls_client(sb.host_v6, "localhost", sb.bed.ca.cert_der(), b"anon ok");
+        let (id, _) = device.accept(plain, TIMEOUT).unwrap();
+        assert_eq!(string_option(&mut device, id, wire::TLS_PEER_IDENTITY), "");
+        guest_echo_until_eof(&mut device, id);
+        (client.join().unwrap().unwrap(), (), ())
+    };
+    assert_eq!(outcome.reply, b"anon ok");
+}
+
+#[test]
+fn sessions_resume_unless_turned_off_or_expired() {
+    let sb = start("");
+    let mut device = sb.bed.driver();
+    let listener = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.set_option(listener, wire::TLS_SESSION_TTL, &int(2)).unwrap();
+    device.bind(listener, SockAddr::ipv4([0; 4], GUEST_PORT)).unwrap();
+    device.listen(listener, 0).unwrap();
+    let session = |device: &mut TlsDevice, options: &[(u32, &[u8])]| {
+        let (client, result) = connect_to_self(device, sb.host_v4, "www.test", options);
+        result.unwrap_or_else(|e| panic!("connect: {e}: {}", device.tls_error(client)));
+        // TLS 1.3 tickets come after the handshake: let data flow first.
+        let (server, _) = device.accept(listener, TIMEOUT).unwrap();
+        device.send_all(server, b"ticket", TIMEOUT).unwrap();
+        assert_eq!(device.read_exact(client, 6, TIMEOUT).unwrap(), b"ticket");
+        let resumed = |device: &mut TlsDevice, id| device.get_option(id, wire::TLS_RESUMED_SESSION, 4).unwrap() == int(1);
+        let (client_resumed, server_resumed) = (resumed(device, client), resumed(device, server));
+        assert_eq!(client_resumed, server_resumed, "both ends agree");
+        device.close(client).unwrap();
+        device.close(server).unwrap();
+        client_resumed
+    };
+    assert!(!session(&mut device, &[]), "the first session is a full handshake");
+    assert!(session(&mut device, &[]), "the second resumes (TLS_RESUMED_SESSION)");
+    assert!(!session(&mut device, &[(wire::TLS_SESSION_REUSE, &int(0))]), "TLS_SESSION_REUSE = 0: a full handshake");
+    assert!(session(&mut device, &[]));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!session(&mut device, &[]), "past the listener's TLS_SESSION_TTL the session is gone");
+}
+
+#[test]
+fn application_identities_only_when_the_policy_allows() {
+    let strict = start("");
+    let mut device = strict.bed.driver();
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    let app = strict.bed.ca.issue(&["app.test"], Validity::Current);
+    assert_eq!(device.set_option(id, wire::TLS_CERTIFICATE_CHAIN, app.cert_pem.as_bytes()), Err(Errno::EPERM));
+    assert_eq!(device.set_option(id, wire::TLS_PRIVATE_KEY, app.key_pem.as_bytes()), Err(Errno::EPERM));
+    drop(device);
+    drop(strict);
+
+    let sb = start_from(&LOOPBACK_POLICY.replace("[tls]\n", "[tls]\napplication_identities = true\n"), "");
+    let mut device = sb.bed.driver();
+    let app = sb.bed.ca.issue(&["app.test"], Validity::Current);
+    let other = sb.bed.ca.issue(&["other.test"], Validity::Current);
+    let listener = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    assert_eq!(device.set_option(listener, wire::TLS_CERTIFICATE_CHAIN, b"garbage"), Err(Errno::EINVAL));
+    device.set_option(listener, wire::TLS_CERTIFICATE_CHAIN, app.cert_pem.as_bytes()).unwrap();
+    assert_eq!(device.set_option(listener, wire::TLS_PRIVATE_KEY, other.key_pem.as_bytes()), Err(Errno::EPROTO));
+    device.set_option(listener, wire::TLS_PRIVATE_KEY, app.key_pem.as_bytes()).unwrap();
+    device.bind(listener, SockAddr::ipv4([0; 4], GUEST_PORT)).unwrap();
+    device.listen(listener, 0).unwrap();
+    let (outcome, _, _) = serve_one(&mut device, listener, rustls_client(sb.host_v4, "app.test", sb.bed.ca.cert_der(), b"own cert"));
+    assert_eq!(outcome.leaf, app.chain[0], "the program's own certificate is presented");
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -20,6 +21,17 @@ pub struct ServerPolicy {
     /// In the operator's order: the first is presented to clients that send
     /// no server name (SNI) or one no identity carries.
     pub identities: Vec<Arc<Identity>>,
+    /// What client certificates are verified against when a listening
+    /// socket asks for them (TLS_REQUEST_PEER_AUTH); `None`: the policy's
+    /// `[trust]` anchors.
+    pub client_roots: Option<Arc<RootCertStore>>,
+}
+
+/// The `[client]` part: the certificate client sockets present when a
+/// server asks for one (mutual TLS).
+#[derive(Clone, Debug, Default)]
+pub struct ClientPolicy {
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// One guest port that may listen, and the host address the backend
@@ -124,6 +136,14 @@ pub(super) struct ServerSection {
     listen: Vec<Spanned<ListenEntry>>,
     #[serde(default)]
     identities: Vec<Spanned<IdentityEntry>>,
+    client_ca_files: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClientSection {
+    certificate_chain: Option<Spanned<String>>,
+    private_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -177,5 +197,31 @@ pub(super) fn parse(section: &ServerSection, source: &Source<'_>, base_dir: &Pat
             return Err(source.error_at(first, "guests may listen but [[server.identities]] names no certificate to present"));
         }
     }
-    Ok(ServerPolicy { listen, identities })
+    let client_roots = match &section.client_ca_files {
+        None => None,
+        Some(files) if files.get_ref().is_empty() => {
+            return Err(source.error_at(files, "client_ca_files is empty: list a PEM bundle, or remove it to use [trust]"));
+        }
+        Some(files) => {
+            let mut roots = RootCertStore::empty();
+            for file in files.get_ref() {
+                super::add_ca_file(&mut roots, file, source, base_dir)?;
+            }
+            Some(Arc::new(roots))
+        }
+    };
+    Ok(ServerPolicy { listen, identities, client_roots })
+}
+
+pub(super) fn parse_client(section: &ClientSection, source: &Source<'_>, base_dir: &Path) -> Result<ClientPolicy, PolicyError> {
+    let identity = match (&section.certificate_chain, &section.private_key) {
+        (None, None) => None,
+        (Some(chain), Some(key)) => Some(Arc::new(
+            Identity::load(&base_dir.join(chain.get_ref()), &base_dir.join(key.get_ref()))
+                .map_err(|message| source.error_at(chain, format!("client identity: {message}")))?,
+        )),
+        (Some(chain), None) => return Err(source.error_at(chain, "[client] has certificate_chain but no private_key")),
+        (None, Some(key)) => return Err(source.error_at(key, "[client] has private_key but no certificate_chain")),
+    };
+    Ok(ClientPolicy { identity })
 }
