@@ -702,8 +702,13 @@ unsafe extern "C" fn tls_close(sk: *mut bindings::sock, _timeout: kernel::ffi::c
             pr_warn!("closing socket {} failed: {:?}\n", socket_id, error);
         }
     }
-    // SAFETY: the core hands us a live socket it expects us to release.
-    unsafe { bindings::sk_common_release(sk) };
+    // SAFETY: the core hands us a live socket it expects us to release;
+    // inet_sock_destruct refuses (and leaks) a stream socket whose state
+    // is not TCP_CLOSE, as a listening one's is.
+    unsafe {
+        (*sk).__sk_common.skc_state = bindings::TCP_CLOSE as u8;
+        bindings::sk_common_release(sk)
+    };
 }
 
 fn socket_id_of(sk: *mut bindings::sock) -> u32 {
@@ -1253,7 +1258,7 @@ unsafe extern "C" fn tls_bind(sock: *mut bindings::socket, uaddr: *mut bindings:
 
 fn is_listening(sk: *mut bindings::sock) -> bool {
     // SAFETY: callers pass live sockets of ours.
-    unsafe { (*sk).__sk_common.skc_state } as u32 == bindings::TCP_LISTEN
+    u32::from(unsafe { (*sk).__sk_common.skc_state }) == bindings::TCP_LISTEN
 }
 
 /// `listen()`: LISTEN (spec 2.6.8). The backend listens on the host and

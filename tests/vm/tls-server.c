@@ -9,6 +9,7 @@
  *      answered with a page (curl on the host);
  *   3. on PORT6 (IPv6): one line echoed back.
  * It prints "tls-server: listening" once both sockets listen. */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
