@@ -121,26 +121,26 @@ impl Identity {
 #[serde(deny_unknown_fields)]
 pub(super) struct ServerSection {
     #[serde(default)]
-    listen: Vec<Spanned<ListenEntry>>,
+    pub(super) listen: Vec<Spanned<ListenEntry>>,
     #[serde(default)]
-    identities: Vec<Spanned<IdentityEntry>>,
+    pub(super) identities: Vec<Spanned<IdentityEntry>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListenEntry {
+pub(super) struct ListenEntry {
     guest_port: Spanned<i64>,
     host: Spanned<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IdentityEntry {
+pub(super) struct IdentityEntry {
     certificate_chain: Spanned<String>,
     private_key: Spanned<String>,
 }
 
-pub(super) fn parse(section: &ServerSection, source: &Source<'_>, base_dir: &Path) -> Result<ServerPolicy, PolicyError> {
+pub(super) fn parse(section: &ServerSection, source: &Source<'_>) -> Result<ServerPolicy, PolicyError> {
     let mut listen: Vec<ListenMapping> = Vec::new();
     for entry in &section.listen {
         let fields = entry.get_ref();
@@ -168,7 +168,7 @@ pub(super) fn parse(section: &ServerSection, source: &Source<'_>, base_dir: &Pat
     let mut identities = Vec::new();
     for entry in &section.identities {
         let fields = entry.get_ref();
-        let identity = Identity::load(&base_dir.join(fields.certificate_chain.get_ref()), &base_dir.join(fields.private_key.get_ref()))
+        let identity = Identity::load(&source.resolve(&fields.certificate_chain), &source.resolve(&fields.private_key))
             .map_err(|message| source.error_at(entry, format!("server identity: {message}")))?;
         identities.push(Arc::new(identity));
     }
