@@ -317,9 +317,19 @@ impl Telemetry {
 
 /// RFC 3339 in UTC with milliseconds, e.g. `2026-12-01T14:03:05.123Z`.
 fn timestamp(at: SystemTime) -> String {
+    // By hand rather than time's Rfc3339, which drops trailing zeros of the
+    // fraction: fixed-width stamps sort as text.
     let at = time::OffsetDateTime::from(at);
-    let at = at.replace_nanosecond(at.millisecond() as u32 * 1_000_000).unwrap_or(at);
-    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "unknown".to_owned())
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
 }
 
 #[cfg(test)]
@@ -348,5 +358,7 @@ mod tests {
     fn timestamps_are_rfc3339_utc_with_milliseconds() {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_597_785_123) + std::time::Duration::from_nanos(456);
         assert_eq!(timestamp(at), "2025-12-01T14:03:05.123Z");
+        let round = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_597_785_100);
+        assert_eq!(timestamp(round), "2025-12-01T14:03:05.100Z", "fixed width");
     }
 }
