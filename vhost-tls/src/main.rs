@@ -66,7 +66,12 @@ enum CtlCommand {
         policy: Option<PathBuf>,
     },
     /// Print metrics in the Prometheus text format.
-    Metrics,
+    Metrics {
+        /// Add the label vm="NAME" to every series, so files of several
+        /// VMs can be collected side by side.
+        #[arg(long)]
+        vm: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,16 +100,24 @@ fn main() -> ExitCode {
             }
         },
         Command::Ctl { control_socket, command } => {
+            let vm_label = match &command {
+                CtlCommand::Metrics { vm } => vm.clone(),
+                _ => None,
+            };
             let request = match command {
                 CtlCommand::Sockets => Request::Sockets,
                 CtlCommand::Policy => Request::Policy,
                 // Relative to where ctl runs, not where serve does.
                 CtlCommand::Reload { policy } => Request::Reload { policy: policy.map(|p| std::path::absolute(&p).unwrap_or(p)) },
-                CtlCommand::Metrics => Request::Metrics,
+                CtlCommand::Metrics { .. } => Request::Metrics,
             };
             match control::request(&control_socket, &request) {
                 Ok(response) if response.ok => {
-                    print!("{}", with_newline(response.output));
+                    let output = match &vm_label {
+                        Some(vm) => vhost_tls::telemetry::with_label(&response.output, "vm", vm),
+                        None => response.output,
+                    };
+                    print!("{}", with_newline(output));
                     ExitCode::SUCCESS
                 }
                 Ok(response) => {

@@ -197,6 +197,25 @@ impl Snapshot {
     }
 }
 
+/// Prometheus text with `name="value"` added to every sample.
+pub fn with_label(text: &str, name: &str, value: &str) -> String {
+    let value = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some((series, rest)) = line.split_once('{') {
+            out.push_str(&format!("{series}{{{name}=\"{value}\",{rest}"));
+        } else if let Some((series, sample)) = line.split_once(' ') {
+            out.push_str(&format!("{series}{{{name}=\"{value}\"}} {sample}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// One line of the audit log.
 #[derive(Debug, Serialize)]
 struct AuditRecord<'a> {
@@ -352,6 +371,15 @@ mod tests {
         assert_eq!(failure_class(Errno::ETIMEDOUT, "timed out"), "timeout");
         assert_eq!(failure_class(Errno::EINVAL, "x"), "other");
         assert!(FAILURE_CLASSES.contains(&"network"));
+    }
+
+    #[test]
+    fn a_label_goes_on_every_sample() {
+        let text = "# HELP a A.\n# TYPE a gauge\na 1\nb{direction=\"to_peer\"} 2\n";
+        assert_eq!(
+            with_label(text, "vm", "web\"1"),
+            "# HELP a A.\n# TYPE a gauge\na{vm=\"web\\\"1\"} 1\nb{vm=\"web\\\"1\",direction=\"to_peer\"} 2\n"
+        );
     }
 
     #[test]

@@ -60,6 +60,8 @@ impl Serving {
             .arg(&policy)
             .arg("--control-socket")
             .arg(dir.path().join("control.sock"))
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
             .spawn()
             .unwrap();
         let serving = Serving { dir, child };
@@ -149,6 +151,30 @@ fn ctl_reloads_through_the_control_socket_and_refuses_bad_policies() {
     assert_eq!(sample(&metrics, "vhost_tls_policy_reloads_total{result=\"failed\"}"), 1);
     assert_eq!(sample(&metrics, "vhost_tls_policy_generation"), 3);
     assert_eq!(sample(&metrics, "vhost_tls_sockets_open"), 0);
+    let labelled = serving.ctl_ok(&["metrics", "--vm", "vm1"]);
+    assert_eq!(sample(&labelled, "vhost_tls_policy_reloads_total{vm=\"vm1\",result=\"ok\"}"), 2);
+    assert_eq!(sample(&labelled, "vhost_tls_sockets_open{vm=\"vm1\"}"), 0);
+    // The audit log is opened (created) at start, before any session.
+    assert_eq!(std::fs::read_to_string(serving.dir.path().join("audit.jsonl")).unwrap(), "");
+}
+
+#[test]
+fn serve_refuses_an_audit_log_it_cannot_open_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "vm1.toml", "");
+    let socket = dir.path().join("vhost.sock");
+    let out = vhost_tls()
+        .args(["serve", "--socket-path"])
+        .arg(&socket)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(dir.path().join("no-such-dir/audit.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("cannot open the audit log"), "{}", text(&out.stderr));
+    assert!(!socket.exists());
 }
 
 #[test]

@@ -121,6 +121,8 @@ fn listening_sockets_serve_new_connections_with_the_reloaded_policy() {
     let bed = Testbed::start_with_files(&text, 1, |ca, dir| {
         ca.issue(&["localhost"], Validity::Current).write_to(dir, "www").unwrap();
     });
+    let log_path = bed.dir().join("audit.jsonl");
+    bed.server.set_audit_log(Box::new(std::fs::File::create(&log_path).unwrap()));
     let mut device = bed.driver();
     let listener = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
     device.bind(listener, SockAddr::ipv4([0; 4], 443)).unwrap();
@@ -141,6 +143,26 @@ fn listening_sockets_serve_new_connections_with_the_reloaded_policy() {
     echo_once(&mut device, accepted, client);
     device.close(listener).unwrap();
     bed.wait_until_no_sockets();
+
+    // Server sessions are audited too, the refused one included.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let records: Vec<Value> = log.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(records.len(), 3, "{log}");
+    for record in &records {
+        assert_eq!(record["direction"], "server", "{record}");
+        assert!(record["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{record}");
+    }
+    let summary: Vec<(&str, Option<&str>, Option<u64>, u64)> = records
+        .iter()
+        .map(|r| (r["outcome"].as_str().unwrap(), r["tls_version"].as_str(), r["bytes_from_peer"].as_u64(), r["policy_generation"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [("ok", Some("TLSv1.2"), Some(4), 1), ("error", None, Some(0), 2), ("ok", Some("TLSv1.3"), Some(4), 2)],
+        "{log}"
+    );
+    assert_eq!(records[0]["server_name"], "localhost", "the SNI the client sent");
+    assert!(records[1]["reason"].as_str().unwrap().contains("no TLS version"), "{}", records[1]);
 }
 
 /// A rustls client on the host sending "ping" and reading it back.
