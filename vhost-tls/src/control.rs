@@ -118,9 +118,10 @@ impl Control {
     }
 }
 
-/// Binds the control socket at `path` (replacing a stale one; only the
-/// backend's user may connect) and serves it on a thread.
-pub fn listen(path: &Path, control: Arc<Control>) -> io::Result<std::thread::JoinHandle<()>> {
+/// Binds the control socket at `path`, replacing a stale one; only the
+/// backend's user may connect. Bound before the backend starts, so that a
+/// path that cannot be used stops it before a VM depends on it.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -129,6 +130,11 @@ pub fn listen(path: &Path, control: Arc<Control>) -> io::Result<std::thread::Joi
     let listener = UnixListener::bind(path)?;
     // Reloading and reading sessions is the operator's business alone.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the control socket on a thread of its own.
+pub fn serve(listener: UnixListener, control: Arc<Control>) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("vhost-tls-control".to_owned()).spawn(move || {
         for stream in listener.incoming() {
             match stream {

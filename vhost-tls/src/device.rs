@@ -175,11 +175,14 @@ impl Device {
                 write_end_at: s.write_end_at,
                 rx_sent: s.rx_sent,
                 driver_credit: s.driver_credit(),
-                role: match (&s.listener, &s.session) {
-                    (Some(_), _) => "listener",
-                    _ if s.peer_addr.is_some() => "server",
-                    (None, _) if s.client_context.is_some() => "client",
-                    _ => "",
+                role: if s.listener.is_some() {
+                    "listener"
+                } else if s.peer_addr.is_some() {
+                    "server"
+                } else if s.client_context.is_some() {
+                    "client"
+                } else {
+                    ""
                 },
                 peer: s.peer(),
                 requested_name: s.requested_server_name().map(str::to_owned),

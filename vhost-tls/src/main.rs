@@ -178,6 +178,12 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: S
         ),
         None => None,
     };
+    let control_listener = match &options.control_socket {
+        Some(path) => Some(
+            control::bind(path).map_err(|e| format!("cannot listen on the control socket {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     // Before the socket exists, so a front end can never see a backend
     // that a signal would kill uncleanly.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -186,8 +192,8 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: S
         server.set_audit_log(Box::new(log));
     }
     let control = Arc::new(Control::new(server.clone(), options.policy_path));
-    if let Some(path) = &options.control_socket {
-        control::listen(path, control.clone()).map_err(|e| format!("cannot listen on the control socket {}: {e}", path.display()))?;
+    if let (Some(listener), Some(path)) = (control_listener, &options.control_socket) {
+        control::serve(listener, control.clone())?;
         tracing::info!(control_socket = %path.display(), "control socket ready");
     }
     tracing::info!(socket = %socket_path.display(), queue_pairs, "waiting for the front end");

@@ -159,22 +159,25 @@ fn ctl_reloads_through_the_control_socket_and_refuses_bad_policies() {
 }
 
 #[test]
-fn serve_refuses_an_audit_log_it_cannot_open_before_listening() {
+fn serve_refuses_paths_it_cannot_use_before_listening() {
     let dir = tempfile::tempdir().unwrap();
     let policy = write(dir.path(), "vm1.toml", "");
     let socket = dir.path().join("vhost.sock");
-    let out = vhost_tls()
-        .args(["serve", "--socket-path"])
-        .arg(&socket)
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--audit-log")
-        .arg(dir.path().join("no-such-dir/audit.jsonl"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("cannot open the audit log"), "{}", text(&out.stderr));
-    assert!(!socket.exists());
+    let nowhere = dir.path().join("no-such-dir");
+    for (option, message) in [("--audit-log", "cannot open the audit log"), ("--control-socket", "cannot listen on the control socket")] {
+        let out = vhost_tls()
+            .args(["serve", "--socket-path"])
+            .arg(&socket)
+            .arg("--policy")
+            .arg(&policy)
+            .arg(option)
+            .arg(nowhere.join("x"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(message), "{option}: {}", text(&out.stderr));
+        assert!(!socket.exists(), "{option}: no vhost-user socket is left behind");
+    }
 }
 
 #[test]
