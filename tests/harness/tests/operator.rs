@@ -358,3 +358,32 @@ fn every_session_leaves_one_complete_audit_record_and_is_counted() {
     assert_eq!(value("vhost_tls_bytes_total{direction=\"from_peer\"}"), Some(first_session + SECOND_TRY.len() as u64));
     assert_eq!(value("vhost_tls_policy_generation"), Some(1));
 }
+
+/// Sessions still open when the backend stops serving the VM get their
+/// record then, since nothing else will end them.
+#[test]
+fn open_sessions_are_audited_when_the_backend_stops() {
+    let bed = Testbed::start(LOOPBACK_POLICY);
+    let log_path = bed.dir().join("audit.jsonl");
+    bed.server.set_audit_log(Box::new(std::fs::File::create(&log_path).unwrap()));
+    let identity = bed.ca.issue(&pki::loopback_names(), Validity::Current);
+    let echo = RustlsServer::start("127.0.0.1:0".parse().unwrap(), &identity, &[&rustls::version::TLS13], Behaviour::Echo);
+    let mut device = bed.driver();
+    let (id, result) = connect(&mut device, echo.addr);
+    result.unwrap();
+    const MESSAGE: &[u8] = b"still open";
+    echo_round_trip(&mut device, id, MESSAGE);
+    assert_eq!(std::fs::read_to_string(&log_path).unwrap(), "", "no record while the session is open");
+
+    drop(device); // the front end goes, as when QEMU quits
+    bed.server.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let records: Vec<Value> = log.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(records.len(), 1, "{log}");
+    let record = &records[0];
+    assert_eq!((record["socket"].as_u64(), record["outcome"].as_str()), (Some(u64::from(id)), Some("error")), "{record}");
+    assert_eq!(record["reason"], "the backend stopped serving the VM");
+    assert_eq!(record["tls_version"], "TLSv1.3");
+    assert_eq!(record["bytes_to_peer"], MESSAGE.len());
+    assert_eq!(record["bytes_from_peer"], MESSAGE.len());
+}
