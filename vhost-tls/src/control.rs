@@ -155,7 +155,11 @@ fn serve_one(stream: UnixStream, control: &Control) -> io::Result<()> {
     BufReader::new((&stream).take(MAX_REQUEST_BYTES)).read_line(&mut line)?;
     let response = match serde_json::from_str::<Request>(line.trim()) {
         Ok(request) => {
-            tracing::info!(?request, "control request");
+            // Scrapes come every few seconds; only changes are worth a line.
+            match request {
+                Request::Reload { .. } => tracing::info!(?request, "control request"),
+                _ => tracing::debug!(?request, "control request"),
+            }
             control.handle(&request)
         }
         Err(error) => Response { ok: false, output: format!("bad request {:?}: {error}", line.trim()) },
