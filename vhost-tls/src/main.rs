@@ -178,15 +178,16 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: S
         ),
         None => None,
     };
+    // Before any socket exists, so neither a front end nor an operator can
+    // see a backend that a signal would kill uncleanly (SIGHUP's default
+    // action is to terminate).
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let control_listener = match &options.control_socket {
         Some(path) => Some(
             control::bind(path).map_err(|e| format!("cannot listen on the control socket {}: {e}", path.display()))?,
         ),
         None => None,
     };
-    // Before the socket exists, so a front end can never see a backend
-    // that a signal would kill uncleanly.
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let server = Arc::new(Server::start(&socket_path, policy, DeviceShape { queue_pairs })?);
     if let Some(log) = audit_log {
         server.set_audit_log(Box::new(log));
