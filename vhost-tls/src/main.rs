@@ -188,7 +188,15 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: S
         ),
         None => None,
     };
-    let server = Arc::new(Server::start(&socket_path, policy, DeviceShape { queue_pairs })?);
+    let server = match Server::start(&socket_path, policy, DeviceShape { queue_pairs }) {
+        Ok(server) => Arc::new(server),
+        Err(error) => {
+            if let Some(path) = &options.control_socket {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(error.into());
+        }
+    };
     if let Some(log) = audit_log {
         server.set_audit_log(Box::new(log));
     }
