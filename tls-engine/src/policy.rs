@@ -22,7 +22,9 @@ use toml::Spanned;
 
 use crate::tls::iana_suite_name;
 
+mod include;
 mod server;
+mod show;
 pub use server::{ClientPolicy, Identity, ListenMapping, ServerPolicy};
 
 // ---------------------------------------------------------------------------
@@ -153,8 +155,8 @@ impl fmt::Display for PolicyError {
 }
 
 impl Policy {
-    /// Reads and validates the policy file at `path`; relative `ca_files`
-    /// resolve against the file's directory.
+    /// Reads and validates the policy file at `path` and the files it
+    /// includes; relative paths in a file resolve against its directory.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
@@ -167,25 +169,22 @@ impl Policy {
     }
 
     /// Parses and validates policy text; `origin` names it in messages and
-    /// relative `ca_files` resolve against `base_dir`.
+    /// relative paths in it (`ca_files`, `include`, ...) resolve against
+    /// `base_dir`.
     pub fn from_toml_str(text: &str, origin: &str, base_dir: &Path) -> Result<Policy, PolicyError> {
-        let source = Source { origin, text };
-        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError {
-            origin: origin.to_owned(),
-            line: e.span().map(|span| source.line_of(span.start)),
-            message: e.message().trim().to_owned(),
-        })?;
+        let (files, file) = include::load_merged(text, origin, base_dir)?;
+        let source = Source { files: &files };
         let (min_version, max_version) = versions(&file.tls, &source)?;
         let cipher_suites = cipher_suites(&file.tls, min_version..=max_version, &source)?;
         Ok(Policy {
             min_version,
             max_version,
             cipher_suites,
-            roots: Arc::new(trust_anchors(&file.trust, &source, base_dir)?),
+            roots: Arc::new(trust_anchors(&file.trust, &source)?),
             destinations: destinations(&file.destinations, &source)?,
             limits: limits(&file.limits, &source)?,
-            server: server::parse(&file.server, &source, base_dir)?,
-            client: server::parse_client(&file.client, &source, base_dir)?,
+            server: server::parse(&file.server, &source)?,
+            client: server::parse_client(&file.client, &source)?,
             application_identities: file.tls.application_identities.as_ref().is_some_and(|v| *v.get_ref()),
         })
     }
@@ -269,7 +268,10 @@ impl DestinationPolicy {
                 return if rule.allow {
                     Verdict::Allow
                 } else {
-                    Verdict::Deny(format!("denied by destinations rule {} (line {})", rule.number, rule.line))
+                    Verdict::Deny(match &rule.included_from {
+                        None => format!("denied by destinations rule {} (line {})", rule.number, rule.line),
+                        Some(file) => format!("denied by destinations rule {} ({file}:{})", rule.number, rule.line),
+                    })
                 };
             }
         }
@@ -338,6 +340,8 @@ struct Rule {
     /// 1-based position and line, for messages.
     number: usize,
     line: usize,
+    /// The file the rule is written in, when it came from an `include`.
+    included_from: Option<String>,
     hosts: Option<Vec<HostPattern>>,
     addresses: Option<Vec<IpNet>>,
     ports: Option<Vec<RangeInclusive<u16>>>,
@@ -387,6 +391,8 @@ fn is_host_local(addr: IpAddr) -> bool {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
+    /// A base policy this file builds on (see `include.rs` for the rules).
+    include: Option<Spanned<String>>,
     #[serde(default)]
     tls: TlsSection,
     #[serde(default)]
@@ -496,22 +502,40 @@ impl<'de> Deserialize<'de> for PortEntry {
     }
 }
 
-/// The policy text, to turn byte offsets into line numbers for messages.
+/// The policy's files (the VM's and those it includes), to turn byte
+/// offsets into a file and line for messages. Every file was parsed at its
+/// own offset of one address space (see `include.rs`), so a span alone
+/// says which file it is in.
 struct Source<'a> {
-    origin: &'a str,
-    text: &'a str,
+    files: &'a [include::SourceFile],
 }
 
 impl Source<'_> {
+    fn file_at(&self, offset: usize) -> &include::SourceFile {
+        self.files.iter().rev().find(|file| file.start <= offset).unwrap_or(&self.files[0])
+    }
+
     fn line_of(&self, offset: usize) -> usize {
-        // Bytes, not str slicing: an offset inside a multi-byte character
-        // must not panic.
-        let before = &self.text.as_bytes()[..offset.min(self.text.len())];
-        before.iter().filter(|&&b| b == b'\n').count() + 1
+        self.file_at(offset).line_of(offset)
+    }
+
+    /// The origin of the file a value was written in, when that is not the
+    /// VM's own file.
+    fn included_origin<T>(&self, spanned: &Spanned<T>) -> Option<String> {
+        let file = self.file_at(spanned.span().start);
+        (file.start != self.files[0].start).then(|| file.origin.clone())
+    }
+
+    /// A path as written in the policy, resolved against the directory of
+    /// the file it is written in.
+    fn resolve(&self, path: &Spanned<String>) -> PathBuf {
+        self.file_at(path.span().start).base_dir.join(path.get_ref())
     }
 
     fn error_at<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> PolicyError {
-        PolicyError { origin: self.origin.to_owned(), line: Some(self.line_of(spanned.span().start)), message: message.into() }
+        let offset = spanned.span().start;
+        let file = self.file_at(offset);
+        PolicyError { origin: file.origin.clone(), line: Some(file.line_of(offset)), message: message.into() }
     }
 }
 
@@ -592,11 +616,11 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
-fn trust_anchors(trust: &TrustSection, source: &Source<'_>, base_dir: &Path) -> Result<RootCertStore, PolicyError> {
+fn trust_anchors(trust: &TrustSection, source: &Source<'_>) -> Result<RootCertStore, PolicyError> {
     let use_system = trust.system_roots.as_ref().is_none_or(|s| *s.get_ref());
     let mut roots = if use_system { system_roots() } else { RootCertStore::empty() };
     for file in trust.ca_files.as_ref().map(|f| f.get_ref().as_slice()).unwrap_or_default() {
-        add_ca_file(&mut roots, file, source, base_dir)?;
+        add_ca_file(&mut roots, file, source)?;
     }
     if roots.is_empty() {
         // system_roots() is never empty, so system_roots = false was written.
@@ -608,8 +632,8 @@ fn trust_anchors(trust: &TrustSection, source: &Source<'_>, base_dir: &Path) -> 
 
 /// Adds every certificate of one PEM bundle; a file with none is an error,
 /// since trusting nothing from it is surely not what the operator meant.
-fn add_ca_file(roots: &mut RootCertStore, file: &Spanned<String>, source: &Source<'_>, base_dir: &Path) -> Result<(), PolicyError> {
-    let path = base_dir.join(file.get_ref());
+fn add_ca_file(roots: &mut RootCertStore, file: &Spanned<String>, source: &Source<'_>) -> Result<(), PolicyError> {
+    let path = source.resolve(file);
     let pem = std::fs::read(&path).map_err(|e| source.error_at(file, format!("cannot read CA file {}: {e}", path.display())))?;
     let mut found = 0;
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -663,6 +687,7 @@ fn rule(number: usize, entry: &Spanned<RuleEntry>, source: &Source<'_>) -> Resul
         allow: action(&fields.action, source)?,
         number,
         line: source.line_of(entry.span().start),
+        included_from: source.included_origin(entry),
         hosts: criterion(&fields.hosts, "hosts", source, |h| host_pattern(h, source))?,
         addresses: criterion(&fields.addresses, "addresses", source, |a| address_range(a, source))?,
         ports: criterion(&fields.ports, "ports", source, |p| port_range(p, source))?,

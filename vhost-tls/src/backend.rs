@@ -73,6 +73,12 @@ impl VhostTlsBackend {
         self.device().report()
     }
 
+    /// Runs `f` on the device, between two wake-ups of the worker (for the
+    /// control socket: reloads, metrics, the effective policy).
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut Device) -> R) -> R {
+        f(&mut self.device())
+    }
+
     fn device(&self) -> MutexGuard<'_, Device> {
         // A panic while holding the lock is a bug already reported; the
         // state is still the best there is.

@@ -24,6 +24,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::listener::{Listener, DEFAULT_BACKLOG, MAX_BACKLOG};
 use crate::queues::{self, MemoryGuard, ReadOutcome, Vring};
 use crate::socket::{Notice, Phase, Socket};
+use crate::telemetry::{Direction, Outcome, Snapshot, Telemetry};
 
 const WAKER: Token = Token(usize::MAX);
 const TIMER: Token = Token(usize::MAX - 1);
@@ -57,6 +58,19 @@ pub struct SocketReport {
     /// Payload bytes delivered to the driver, and its credit left.
     pub rx_sent: u32,
     pub driver_credit: u32,
+    /// `client`, `server` (a connection a listening socket accepted),
+    /// `listener`, or empty for a socket that never connected.
+    pub role: &'static str,
+    pub peer: Option<SocketAddr>,
+    /// The name a client asked for by SNI (accepted connections).
+    pub requested_name: Option<String>,
+    pub tls_version: Option<tls_engine::TlsVersion>,
+    pub cipher: Option<String>,
+    /// Application bytes, ever, to and from the peer.
+    pub bytes_to_peer: u64,
+    pub bytes_from_peer: u64,
+    /// The policy generation the socket's session started under.
+    pub policy_generation: Option<u64>,
 }
 
 struct Resolution {
@@ -68,8 +82,12 @@ struct Resolution {
 
 pub struct Device {
     shape: DeviceShape,
-    context: ClientContext,
+    /// The policy for new sessions; open ones hold their own.
+    context: Arc<ClientContext>,
     server_context: ServerContext,
+    /// 1 at start, one more per reload.
+    policy_generation: u64,
+    telemetry: Telemetry,
     mem: Option<queues::Memory>,
     poll: Poll,
     waker: Arc<Waker>,
@@ -99,7 +117,9 @@ impl Device {
             rx_waiting: vec![BTreeSet::new(); shape.queue_pairs as usize],
             shape,
             server_context: ServerContext::new(policy.clone()),
-            context: ClientContext::new(policy),
+            context: Arc::new(ClientContext::new(policy)),
+            policy_generation: 1,
+            telemetry: Telemetry::default(),
             mem: None,
             poll,
             waker,
@@ -129,6 +149,7 @@ impl Device {
 
     /// The driver reset the device: every socket goes.
     pub fn reset(&mut self) {
+        self.end_all_sessions("the guest driver reset the device");
         for (_, mut socket) in self.sockets.drain() {
             socket.drop_connection(self.poll.registry());
         }
@@ -154,10 +175,106 @@ impl Device {
                 write_end_at: s.write_end_at,
                 rx_sent: s.rx_sent,
                 driver_credit: s.driver_credit(),
+                role: if s.listener.is_some() {
+                    "listener"
+                } else if s.peer_addr.is_some() {
+                    "server"
+                } else if s.client_context.is_some() {
+                    "client"
+                } else {
+                    ""
+                },
+                peer: s.peer(),
+                requested_name: s.requested_server_name().map(str::to_owned),
+                tls_version: s.info.version,
+                cipher: s.info.cipher.clone(),
+                bytes_to_peer: s.bytes_to_peer,
+                bytes_from_peer: s.bytes_from_peer,
+                policy_generation: s.session.as_ref().map(|session| session.policy_generation),
             })
             .collect();
         reports.sort_by_key(|r| r.id);
         reports
+    }
+
+    /// Applies a new policy to sessions that start from now on. Open
+    /// sockets keep the configuration they connected (or were accepted)
+    /// with; listening sockets stay bound and hand the connections they
+    /// accept from now on to the new policy's TLS configuration. What the
+    /// driver read from the config space at probe time (limits, versions)
+    /// is not changed, so the buffer size, which the credit scheme of open
+    /// sockets depends on, cannot change without a restart.
+    pub fn reload(&mut self, policy: Arc<Policy>) -> Result<u64, String> {
+        let current = self.policy().limits.socket_buffer_bytes;
+        if policy.limits.socket_buffer_bytes != current {
+            return Err(format!(
+                "socket_buffer_bytes cannot change while the device runs ({current} now, {} in the new policy): \
+                 the guest driver sized its buffers by it; restart the backend to change it",
+                policy.limits.socket_buffer_bytes
+            ));
+        }
+        let server_context = ServerContext::new(policy.clone());
+        for socket in self.sockets.values_mut() {
+            let Some(listener) = socket.listener.as_mut().filter(|listener| listener.is_listening()) else { continue };
+            match server_context.config(&socket.options) {
+                Ok(config) => listener.config = Some(config),
+                // Refusing the whole reload for this would let one guest
+                // socket pin the old policy; it keeps its configuration.
+                Err(failure) => tracing::warn!(
+                    socket = socket.id,
+                    %failure,
+                    "listening socket keeps its TLS configuration: the new policy gives it none"
+                ),
+            }
+        }
+        self.server_context = server_context;
+        self.context = Arc::new(ClientContext::new(policy));
+        self.policy_generation += 1;
+        self.telemetry.metrics.reloads_ok += 1;
+        tracing::info!(generation = self.policy_generation, "policy reloaded");
+        Ok(self.policy_generation)
+    }
+
+    /// A reload refused before it reached the device (a bad policy file).
+    pub fn count_failed_reload(&mut self) {
+        self.telemetry.metrics.reloads_failed += 1;
+    }
+
+    pub fn policy_generation(&self) -> u64 {
+        self.policy_generation
+    }
+
+    /// Writes one JSON line per ended session to `log` from now on.
+    pub fn set_audit_log(&mut self, log: Box<dyn std::io::Write + Send>) {
+        self.telemetry.set_audit_log(log);
+    }
+
+    /// Counters and live numbers, for the metrics endpoint.
+    pub fn snapshot(&self) -> Snapshot {
+        let open = self.sockets.values().filter_map(|s| {
+            let session = s.session.as_ref()?;
+            Some((s.bytes_to_peer - session.bytes_to_peer_before, s.bytes_from_peer - session.bytes_from_peer_before))
+        });
+        let (open_to_peer, open_from_peer) = open.fold((0, 0), |(a, b), (to, from)| (a + to, b + from));
+        let metrics = self.telemetry.metrics.clone();
+        Snapshot {
+            sockets_open: self.sockets.len(),
+            bytes_to_peer: metrics.ended_bytes_to_peer + open_to_peer,
+            bytes_from_peer: metrics.ended_bytes_from_peer + open_from_peer,
+            policy_generation: self.policy_generation,
+            metrics,
+        }
+    }
+
+    /// Ends the record of every open session (device reset, backend
+    /// stopping): the connections go without the guest closing them.
+    pub fn end_all_sessions(&mut self, reason: &str) {
+        let mut ids: Vec<u32> = self.sockets.values().filter(|s| s.session.is_some()).map(|s| s.id).collect();
+        ids.sort_unstable();
+        for id in ids {
+            let socket = self.sockets.get_mut(&id).expect("collected above");
+            self.telemetry.end(socket, Outcome::failed(Errno::ECONNRESET, reason));
+        }
     }
 
     /// One wake-up of the worker: a queue kick (`event` < number of queues)
@@ -387,6 +504,9 @@ impl Device {
         socket.error = None;
         socket.server_name = String::new();
         socket.connect_request = request_id;
+        socket.client_context = Some(self.context.clone());
+        let audit_name = socket.options.hostname().map(str::to_owned).unwrap_or_else(|| destination.server_name());
+        self.telemetry.begin(socket, Direction::Client, Some(audit_name), self.policy_generation);
         let limits = &policy.limits;
         socket.deadline = Some(
             Instant::now()
@@ -394,6 +514,7 @@ impl Device {
         );
         if destination.needs_resolution() {
             if self.pending_resolutions >= MAX_PENDING_RESOLUTIONS {
+                self.telemetry.end(socket, Outcome::failed(Errno::EAGAIN, "too many host name resolutions at once"));
                 return Err(Errno::EAGAIN);
             }
             socket.phase = Phase::Resolving;
@@ -409,6 +530,7 @@ impl Device {
                 self.pending_resolutions -= 1;
                 let socket = self.sockets.get_mut(&id).expect("looked up above");
                 socket.phase = Phase::Created;
+                self.telemetry.end(socket, Outcome::failed(Errno::EAGAIN, "cannot start a host name resolution"));
                 return Err(Errno::EAGAIN);
             }
             return Ok(());
@@ -417,11 +539,13 @@ impl Device {
             Ok(addrs) => addrs,
             Err(failure) => {
                 tracing::info!(socket = id, %failure, "connect refused");
+                self.telemetry.end(socket, Outcome::failed(failure.errno, failure.reason.clone()));
                 socket.error = Some(failure.reason);
                 return Err(failure.errno);
             }
         };
         if let Err(failure) = socket.begin_connect(self.poll.registry(), &destination, addrs) {
+            self.telemetry.end(socket, Outcome::failed(failure.errno, failure.reason.clone()));
             socket.error = Some(failure.reason);
             socket.phase = Phase::Failed;
             return Err(failure.errno);
@@ -564,6 +688,8 @@ impl Device {
             match Socket::accepted(id, listener_id, self.poll.registry(), stream, peer, tls) {
                 Ok(mut socket) => {
                     socket.deadline = Some(Instant::now() + handshake_timeout);
+                    socket.client_context = Some(self.context.clone());
+                    self.telemetry.begin(&mut socket, Direction::Server, None, self.policy_generation);
                     self.sockets.insert(id, socket);
                 }
                 Err(failure) => {
@@ -584,6 +710,8 @@ impl Device {
         let orphans: Vec<u32> = self.sockets.values().filter(|s| s.unclaimed_by == Some(id)).map(|s| s.id).collect();
         for orphan in orphans {
             if let Some(mut socket) = self.sockets.remove(&orphan) {
+                let outcome = Outcome::failed(Errno::ECONNRESET, "the guest closed the listening socket before accepting");
+                self.telemetry.end(&mut socket, outcome);
                 socket.drop_connection(self.poll.registry());
             }
         }
@@ -888,6 +1016,8 @@ impl Device {
         for id in expired {
             let socket = self.sockets.get_mut(&id).expect("collected above");
             if socket.closing {
+                let outcome = Outcome::failed(Errno::ETIMEDOUT, "closed, but its last data could not be sent in time");
+                self.telemetry.end(socket, outcome);
                 socket.drop_connection(self.poll.registry());
                 self.sockets.remove(&id);
                 continue;
@@ -917,13 +1047,22 @@ impl Device {
             return;
         }
         let connecting = matches!(socket.phase, Phase::Resolving | Phase::Connecting | Phase::Handshaking);
-        let notice = socket.progress(self.poll.registry(), &self.context);
+        let context = socket.client_context.clone().unwrap_or_else(|| self.context.clone());
+        let notice = socket.progress(self.poll.registry(), &context);
         self.after_progress(id, connecting, notice);
     }
 
     fn after_progress(&mut self, id: u32, was_connecting: bool, notice: Option<Notice>) {
         let buf_size = self.policy().limits.socket_buffer_bytes;
         let Some(socket) = self.sockets.get_mut(&id) else { return };
+        match &notice {
+            Some(Notice::Connected) => self.telemetry.established(socket),
+            Some(Notice::Failed(errno)) => {
+                let reason = socket.error.clone().unwrap_or_default();
+                self.telemetry.end(socket, Outcome::failed(*errno, reason));
+            }
+            None => {}
+        }
         if let Some(listener_id) = socket.unclaimed_by {
             self.unclaimed_progress(id, listener_id, notice);
             return;
@@ -933,6 +1072,11 @@ impl Device {
             let pending = socket.rx_pending();
             socket.take_rx(pending);
             if socket.phase == Phase::Failed || socket.close_finished() {
+                let outcome = match &socket.session {
+                    Some(session) if !session.established => Outcome::Abandoned,
+                    _ => Outcome::Ok,
+                };
+                self.telemetry.end(socket, outcome);
                 socket.drop_connection(self.poll.registry());
                 self.sockets.remove(&id);
                 tracing::debug!(socket = id, "closed");

@@ -6,11 +6,13 @@
 //! and record crypto with rustls (through `tls-engine`).
 
 pub mod backend;
+pub mod control;
 pub mod device;
 pub mod listener;
 pub mod queues;
 pub mod server;
 pub mod socket;
+pub mod telemetry;
 
 pub use backend::VhostTlsBackend;
 pub use device::{DeviceShape, SocketReport};

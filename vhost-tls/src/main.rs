@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tls_engine::Policy;
+use vhost_tls::control::{self, Control, Request};
 use vhost_tls::{DeviceShape, Server};
 
 /// TLS as a hypervisor service: the vhost-user backend of virtio-tls.
@@ -31,11 +32,45 @@ enum Command {
         /// Data queue pairs (QEMU's num_vqs is 2 + 2 x this).
         #[arg(long, default_value_t = 1)]
         queue_pairs: u16,
+        /// Unix socket for `vhost-tls ctl` (sockets, policy, reload, metrics).
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+        /// Append one JSON line per session, when it ends, to this file.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+    /// Talk to a running `serve` through its control socket.
+    Ctl {
+        /// The `--control-socket` of the `serve` to ask.
+        #[arg(long)]
+        control_socket: PathBuf,
+        #[command(subcommand)]
+        command: CtlCommand,
     },
     /// Policy file tools.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// List sockets and sessions: peer, name, TLS version, cipher, bytes.
+    Sockets,
+    /// Show the effective policy (after includes and defaults).
+    Policy,
+    /// Reload the policy file (or FILE) for new sessions; open ones keep theirs.
+    Reload {
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Print metrics in the Prometheus text format.
+    Metrics {
+        /// Add the label vm="NAME" to every series, so files of several
+        /// VMs can be collected side by side.
+        #[arg(long)]
+        vm: Option<String>,
     },
 }
 
@@ -64,8 +99,39 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { socket_path, policy, queue_pairs } => {
-            let policy = match Policy::load(&policy) {
+        Command::Ctl { control_socket, command } => {
+            let vm_label = match &command {
+                CtlCommand::Metrics { vm } => vm.clone(),
+                _ => None,
+            };
+            let request = match command {
+                CtlCommand::Sockets => Request::Sockets,
+                CtlCommand::Policy => Request::Policy,
+                // Relative to where ctl runs, not where serve does.
+                CtlCommand::Reload { policy } => Request::Reload { policy: policy.map(|p| std::path::absolute(&p).unwrap_or(p)) },
+                CtlCommand::Metrics { .. } => Request::Metrics,
+            };
+            match control::request(&control_socket, &request) {
+                Ok(response) if response.ok => {
+                    let output = match &vm_label {
+                        Some(vm) => vhost_tls::telemetry::with_label(&response.output, "vm", vm),
+                        None => response.output,
+                    };
+                    print!("{}", with_newline(output));
+                    ExitCode::SUCCESS
+                }
+                Ok(response) => {
+                    eprint!("vhost-tls: {}", with_newline(response.output));
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("vhost-tls: {}: {error}", control_socket.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve { socket_path, policy: policy_path, queue_pairs, control_socket, audit_log } => {
+            let policy = match Policy::load(&policy_path) {
                 Ok(policy) => Arc::new(policy),
                 Err(error) => {
                     eprintln!("vhost-tls: {error}");
@@ -73,7 +139,8 @@ fn main() -> ExitCode {
                 }
             };
             raise_fd_limit();
-            match serve(socket_path, policy, queue_pairs) {
+            let options = ServeOptions { policy_path, control_socket, audit_log };
+            match serve(socket_path, policy, queue_pairs, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("vhost-tls: {error}");
@@ -84,28 +151,93 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16) -> Result<(), Box<dyn std::error::Error>> {
-    // Before the socket exists, so a front end can never see a backend
-    // that a signal would kill uncleanly.
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    let server = Arc::new(Server::start(&socket_path, policy, DeviceShape { queue_pairs })?);
+fn with_newline(mut text: String) -> String {
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// The operator's side of `serve`.
+struct ServeOptions {
+    policy_path: PathBuf,
+    control_socket: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+}
+
+fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
+    // Opened before anything listens, so a path that cannot be written
+    // stops the backend before a VM depends on it.
+    let audit_log = match &options.audit_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    // Before any socket exists, so neither a front end nor an operator can
+    // see a backend that a signal would kill uncleanly (SIGHUP's default
+    // action is to terminate).
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let control_listener = match &options.control_socket {
+        Some(path) => Some(
+            control::bind(path).map_err(|e| format!("cannot listen on the control socket {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let server = match Server::start(&socket_path, policy, DeviceShape { queue_pairs }) {
+        Ok(server) => Arc::new(server),
+        Err(error) => {
+            if let Some(path) = &options.control_socket {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(error.into());
+        }
+    };
+    if let Some(log) = audit_log {
+        server.set_audit_log(Box::new(log));
+    }
+    let control = Arc::new(Control::new(server.clone(), options.policy_path));
+    if let (Some(listener), Some(path)) = (control_listener, &options.control_socket) {
+        control::serve(listener, control.clone())?;
+        tracing::info!(control_socket = %path.display(), "control socket ready");
+    }
     tracing::info!(socket = %socket_path.display(), queue_pairs, "waiting for the front end");
     let on_signal = server.clone();
     let cleanup_path = socket_path.clone();
+    let control_path = options.control_socket.clone();
     std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
+        for signal in signals.forever() {
+            if signal == SIGHUP {
+                // The outcome is logged either way; a refused policy
+                // leaves the one in force.
+                if let Ok(message) = control.reload(None) {
+                    tracing::info!("SIGHUP: {message}");
+                }
+                continue;
+            }
             tracing::info!(signal, "stopping");
             if on_signal.connected() {
                 on_signal.stop();
             } else {
                 // Still waiting for a front end: nothing to wind down.
                 let _ = std::fs::remove_file(&cleanup_path);
+                if let Some(path) = &control_path {
+                    let _ = std::fs::remove_file(path);
+                }
                 std::process::exit(0);
             }
+            break;
         }
     });
     let result = server.wait();
     let _ = std::fs::remove_file(&socket_path);
+    if let Some(path) = &options.control_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(result?)
 }
 

@@ -89,6 +89,28 @@ impl Server {
         self.backend.sockets()
     }
 
+    /// New sessions get `policy`; open ones keep theirs (see
+    /// [`crate::device::Device::reload`]). Returns the new generation.
+    pub fn reload_policy(&self, policy: Arc<Policy>) -> Result<u64, String> {
+        self.backend.with_device(|device| {
+            let result = device.reload(policy);
+            if result.is_err() {
+                device.count_failed_reload();
+            }
+            result
+        })
+    }
+
+    /// The Prometheus text of the device's metrics.
+    pub fn metrics(&self) -> String {
+        self.backend.with_device(|device| device.snapshot()).to_prometheus()
+    }
+
+    /// One JSON line per ended session goes to `log` from now on.
+    pub fn set_audit_log(&self, log: Box<dyn std::io::Write + Send>) {
+        self.backend.with_device(|device| device.set_audit_log(log));
+    }
+
     /// Whether a front end is connected (or was, and the session ended).
     pub fn connected(&self) -> bool {
         self.connection.lock().unwrap_or_else(|p| p.into_inner()).is_some()
@@ -105,7 +127,11 @@ impl Server {
     /// Waits until the front end has gone.
     pub fn wait(&self) -> Result<(), ServerError> {
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match thread.map(JoinHandle::join) {
+        let joined = thread.map(JoinHandle::join);
+        // Connections still open go with the backend: their audit records
+        // are written now, since nothing else will end them.
+        self.backend.with_device(|device| device.end_all_sessions("the backend stopped serving the VM"));
+        match joined {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(ServerError::Device(std::io::Error::other("the serving thread panicked"))),
             None => Ok(()),

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -16,6 +17,7 @@ use tls_engine::options::SocketOptions;
 use tls_engine::tls::{describe_error, ClientContext, ConnectionInfo};
 
 use crate::listener::Listener;
+use crate::telemetry::Session;
 
 /// Where a socket is in its life (spec 2.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,15 @@ pub struct Socket {
     pub error: Option<String>,
     /// When the connect/handshake in progress, or a closing linger, ends.
     pub deadline: Option<Instant>,
+    /// The client configuration (and so the policy) of the policy
+    /// generation the socket connected or was accepted under: a reload
+    /// changes what new sessions get, never an open one.
+    pub client_context: Option<Arc<ClientContext>>,
+    /// The session in progress, for the audit log and metrics.
+    pub session: Option<Session>,
+    /// Application bytes handed to TLS for the peer, and received from it.
+    pub bytes_to_peer: u64,
+    pub bytes_from_peer: u64,
 
     // Guest to peer.
     tx_buf: VecDeque<u8>,
@@ -120,6 +131,10 @@ impl Socket {
             info: ConnectionInfo::default(),
             error: None,
             deadline: None,
+            client_context: None,
+            session: None,
+            bytes_to_peer: 0,
+            bytes_from_peer: 0,
             tx_buf: VecDeque::new(),
             tx_received: 0,
             fwd_cnt: 0,
@@ -273,6 +288,12 @@ impl Socket {
         self.current_addr
     }
 
+    /// The peer's address: the client of an accepted connection, the
+    /// address a client socket connects or connected to.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer_addr.or(self.current_addr)
+    }
+
     /// Moves bytes as far as they go in both directions.
     fn pump(&mut self, range: (tls_engine::TlsVersion, tls_engine::TlsVersion)) -> Result<(), Failure> {
         let (Some(tls), Some(stream)) = (self.tls.as_mut(), self.stream.as_mut()) else {
@@ -292,6 +313,7 @@ impl Socket {
                 }
                 self.tx_buf.drain(..accepted);
                 self.fwd_cnt = self.fwd_cnt.wrapping_add(accepted as u32);
+                self.bytes_to_peer += accepted as u64;
                 // rustls takes nothing more until its records are written.
                 flushed = flush_tls(tls, stream)?;
             }
@@ -333,9 +355,13 @@ impl Socket {
                         break;
                     }
                     Ok(n) if self.read_shut => {
-                        let _ = n; // SHUT_RD: the guest said it wants no more.
+                        // SHUT_RD: the guest said it wants no more.
+                        self.bytes_from_peer += n as u64;
                     }
-                    Ok(n) => self.rx_buf.extend(&chunk[..n]),
+                    Ok(n) => {
+                        self.rx_buf.extend(&chunk[..n]);
+                        self.bytes_from_peer += n as u64;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         return Err(Failure::new(

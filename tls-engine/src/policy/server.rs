@@ -133,34 +133,34 @@ impl Identity {
 #[serde(deny_unknown_fields)]
 pub(super) struct ServerSection {
     #[serde(default)]
-    listen: Vec<Spanned<ListenEntry>>,
+    pub(super) listen: Vec<Spanned<ListenEntry>>,
     #[serde(default)]
-    identities: Vec<Spanned<IdentityEntry>>,
-    client_ca_files: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) identities: Vec<Spanned<IdentityEntry>>,
+    pub(super) client_ca_files: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ClientSection {
-    certificate_chain: Option<Spanned<String>>,
-    private_key: Option<Spanned<String>>,
+    pub(super) certificate_chain: Option<Spanned<String>>,
+    pub(super) private_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListenEntry {
+pub(super) struct ListenEntry {
     guest_port: Spanned<i64>,
     host: Spanned<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IdentityEntry {
+pub(super) struct IdentityEntry {
     certificate_chain: Spanned<String>,
     private_key: Spanned<String>,
 }
 
-pub(super) fn parse(section: &ServerSection, source: &Source<'_>, base_dir: &Path) -> Result<ServerPolicy, PolicyError> {
+pub(super) fn parse(section: &ServerSection, source: &Source<'_>) -> Result<ServerPolicy, PolicyError> {
     let mut listen: Vec<ListenMapping> = Vec::new();
     for entry in &section.listen {
         let fields = entry.get_ref();
@@ -188,7 +188,7 @@ pub(super) fn parse(section: &ServerSection, source: &Source<'_>, base_dir: &Pat
     let mut identities = Vec::new();
     for entry in &section.identities {
         let fields = entry.get_ref();
-        let identity = Identity::load(&base_dir.join(fields.certificate_chain.get_ref()), &base_dir.join(fields.private_key.get_ref()))
+        let identity = Identity::load(&source.resolve(&fields.certificate_chain), &source.resolve(&fields.private_key))
             .map_err(|message| source.error_at(entry, format!("server identity: {message}")))?;
         identities.push(Arc::new(identity));
     }
@@ -205,7 +205,7 @@ pub(super) fn parse(section: &ServerSection, source: &Source<'_>, base_dir: &Pat
         Some(files) => {
             let mut roots = RootCertStore::empty();
             for file in files.get_ref() {
-                super::add_ca_file(&mut roots, file, source, base_dir)?;
+                super::add_ca_file(&mut roots, file, source)?;
             }
             Some(Arc::new(roots))
         }
@@ -213,11 +213,11 @@ pub(super) fn parse(section: &ServerSection, source: &Source<'_>, base_dir: &Pat
     Ok(ServerPolicy { listen, identities, client_roots })
 }
 
-pub(super) fn parse_client(section: &ClientSection, source: &Source<'_>, base_dir: &Path) -> Result<ClientPolicy, PolicyError> {
+pub(super) fn parse_client(section: &ClientSection, source: &Source<'_>) -> Result<ClientPolicy, PolicyError> {
     let identity = match (&section.certificate_chain, &section.private_key) {
         (None, None) => None,
         (Some(chain), Some(key)) => Some(Arc::new(
-            Identity::load(&base_dir.join(chain.get_ref()), &base_dir.join(key.get_ref()))
+            Identity::load(&source.resolve(chain), &source.resolve(key))
                 .map_err(|message| source.error_at(chain, format!("client identity: {message}")))?,
         )),
         (Some(chain), None) => return Err(source.error_at(chain, "[client] has certificate_chain but no private_key")),

@@ -1,0 +1,392 @@
+//! What the operator learns about sessions: the JSON-lines audit log (one
+//! record per session, written when it ends) and the counters behind the
+//! Prometheus metrics.
+//!
+//! A session is one connection attempt of a guest socket: a CONNECT (a
+//! client session, whether it is refused by policy, fails or completes) or
+//! a connection a listening socket accepted (a server session). It ends
+//! when the connection fails or the socket is closed, and only then is its
+//! record written, so a record is complete and there is exactly one.
+//!
+//! Everything here runs on the device's worker thread with the device lock
+//! held; records are written with one `write` each to a file opened for
+//! appending, so lines never interleave even with other writers.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tls_engine::errno::Errno;
+use tls_engine::TlsVersion;
+
+use crate::socket::Socket;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The guest connected out.
+    Client,
+    /// A client connected to a guest's listening socket.
+    Server,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Client => "client",
+            Direction::Server => "server",
+        }
+    }
+}
+
+/// A session in progress, kept in its socket.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub direction: Direction,
+    pub started: SystemTime,
+    /// The name the client verifies (client sessions) or asked for by SNI
+    /// (server sessions, known once the handshake is done).
+    pub server_name: Option<String>,
+    pub established: bool,
+    /// The policy generation the session was started under.
+    pub policy_generation: u64,
+    /// The socket's byte counters when the session started (a socket may
+    /// connect again after a failure).
+    pub(crate) bytes_to_peer_before: u64,
+    pub(crate) bytes_from_peer_before: u64,
+}
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The guest closed the socket before the handshake completed.
+    Abandoned,
+    /// The errno the guest saw and the TLS_ERROR reason.
+    Failed { errno: Errno, reason: String },
+}
+
+impl Outcome {
+    pub fn failed(errno: Errno, reason: impl Into<String>) -> Outcome {
+        Outcome::Failed { errno, reason: reason.into() }
+    }
+}
+
+/// Why handshakes fail, coarsely enough for a metrics label.
+pub const FAILURE_CLASSES: [&str; 8] = ["denied", "certificate", "version", "tls", "timeout", "network", "abandoned", "other"];
+
+/// The class of a failure, from its errno and the reasons
+/// `tls_engine::tls::describe_error` and the destination check write.
+pub fn failure_class(errno: Errno, reason: &str) -> &'static str {
+    match errno {
+        Errno::EACCES => "denied",
+        Errno::ETIMEDOUT => "timeout",
+        Errno::EPROTO if reason.starts_with("certificate verification failed") => "certificate",
+        Errno::EPROTO if reason.contains("supports no TLS version") => "version",
+        Errno::EPROTO => "tls",
+        Errno::ECONNREFUSED | Errno::ECONNRESET | Errno::EHOSTUNREACH | Errno::ENETUNREACH | Errno::EPIPE => "network",
+        _ => "other",
+    }
+}
+
+/// Counters since the backend started.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub handshakes: BTreeMap<Direction, u64>,
+    pub handshake_failures: BTreeMap<(Direction, &'static str), u64>,
+    /// Sessions that failed after their handshake (peer reset, bad record).
+    pub session_failures: BTreeMap<Direction, u64>,
+    pub denied_destinations: u64,
+    /// Bytes of sessions that have ended; open ones are added when read.
+    pub ended_bytes_to_peer: u64,
+    pub ended_bytes_from_peer: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+/// The live numbers that go with [`Metrics`] in one scrape.
+pub struct Snapshot {
+    pub metrics: Metrics,
+    pub sockets_open: usize,
+    pub bytes_to_peer: u64,
+    pub bytes_from_peer: u64,
+    pub policy_generation: u64,
+}
+
+impl Snapshot {
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        let directions = [Direction::Client, Direction::Server];
+        let m = &self.metrics;
+        family(
+            "vhost_tls_sockets_open",
+            "gauge",
+            "Guest sockets the device holds, in any state.",
+            vec![(String::new(), self.sockets_open as u64)],
+        );
+        family(
+            "vhost_tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed.",
+            directions
+                .iter()
+                .map(|d| (format!("{{direction=\"{}\"}}", d.as_str()), m.handshakes.get(d).copied().unwrap_or(0)))
+                .collect(),
+        );
+        family(
+            "vhost_tls_handshake_failures_total",
+            "counter",
+            "Sessions that failed before their handshake completed, by reason class.",
+            directions
+                .iter()
+                .flat_map(|d| FAILURE_CLASSES.iter().map(move |class| (*d, *class)))
+                .map(|(d, class)| {
+                    (
+                        format!("{{direction=\"{}\",reason=\"{class}\"}}", d.as_str()),
+                        m.handshake_failures.get(&(d, class)).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "vhost_tls_session_failures_total",
+            "counter",
+            "Established sessions that ended in an error.",
+            directions
+                .iter()
+                .map(|d| (format!("{{direction=\"{}\"}}", d.as_str()), m.session_failures.get(d).copied().unwrap_or(0)))
+                .collect(),
+        );
+        family(
+            "vhost_tls_denied_destinations_total",
+            "counter",
+            "Connects the policy refused.",
+            vec![(String::new(), m.denied_destinations)],
+        );
+        family(
+            "vhost_tls_bytes_total",
+            "counter",
+            "Application bytes, guest to peer and peer to guest.",
+            vec![
+                ("{direction=\"to_peer\"}".to_owned(), self.bytes_to_peer),
+                ("{direction=\"from_peer\"}".to_owned(), self.bytes_from_peer),
+            ],
+        );
+        family(
+            "vhost_tls_policy_reloads_total",
+            "counter",
+            "Policy reloads, applied and refused.",
+            vec![("{result=\"ok\"}".to_owned(), m.reloads_ok), ("{result=\"failed\"}".to_owned(), m.reloads_failed)],
+        );
+        family(
+            "vhost_tls_policy_generation",
+            "gauge",
+            "The policy in force: 1 at start, one more per applied reload.",
+            vec![(String::new(), self.policy_generation)],
+        );
+        out
+    }
+}
+
+/// Prometheus text with `name="value"` added to every sample.
+pub fn with_label(text: &str, name: &str, value: &str) -> String {
+    let value = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some((series, rest)) = line.split_once('{') {
+            out.push_str(&format!("{series}{{{name}=\"{value}\",{rest}"));
+        } else if let Some((series, sample)) = line.split_once(' ') {
+            out.push_str(&format!("{series}{{{name}=\"{value}\"}} {sample}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One line of the audit log.
+#[derive(Debug, Serialize)]
+struct AuditRecord<'a> {
+    start: String,
+    end: String,
+    socket: u32,
+    direction: Direction,
+    peer: Option<String>,
+    server_name: Option<&'a str>,
+    tls_version: Option<String>,
+    cipher: Option<&'a str>,
+    /// "ok", "error" or "abandoned".
+    outcome: &'static str,
+    errno: Option<u32>,
+    errno_name: Option<&'static str>,
+    reason: Option<&'a str>,
+    bytes_to_peer: u64,
+    bytes_from_peer: u64,
+    policy_generation: u64,
+}
+
+/// The session bookkeeping of one device.
+#[derive(Default)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    audit: Option<Box<dyn Write + Send>>,
+}
+
+impl Telemetry {
+    pub fn set_audit_log(&mut self, log: Box<dyn Write + Send>) {
+        self.audit = Some(log);
+    }
+
+    /// A session starts on `socket`.
+    pub fn begin(&self, socket: &mut Socket, direction: Direction, server_name: Option<String>, policy_generation: u64) {
+        socket.session = Some(Session {
+            direction,
+            started: SystemTime::now(),
+            server_name,
+            established: false,
+            policy_generation,
+            bytes_to_peer_before: socket.bytes_to_peer,
+            bytes_from_peer_before: socket.bytes_from_peer,
+        });
+    }
+
+    /// The handshake of the session on `socket` completed.
+    pub fn established(&mut self, socket: &mut Socket) {
+        let requested_name = socket.requested_server_name().map(str::to_owned);
+        let Some(session) = socket.session.as_mut() else { return };
+        if session.established {
+            return;
+        }
+        session.established = true;
+        if session.direction == Direction::Server {
+            session.server_name = requested_name;
+        }
+        *self.metrics.handshakes.entry(session.direction).or_default() += 1;
+    }
+
+    /// The session on `socket`, if one is open, ended: count it and write
+    /// its record.
+    pub fn end(&mut self, socket: &mut Socket, outcome: Outcome) {
+        let Some(session) = socket.session.take() else { return };
+        let to_peer = socket.bytes_to_peer - session.bytes_to_peer_before;
+        let from_peer = socket.bytes_from_peer - session.bytes_from_peer_before;
+        self.metrics.ended_bytes_to_peer += to_peer;
+        self.metrics.ended_bytes_from_peer += from_peer;
+        let class = match &outcome {
+            Outcome::Ok => None,
+            Outcome::Abandoned => Some("abandoned"),
+            Outcome::Failed { errno, reason } => Some(failure_class(*errno, reason)),
+        };
+        if let Some(class) = class {
+            if class == "denied" {
+                self.metrics.denied_destinations += 1;
+            }
+            if session.established {
+                *self.metrics.session_failures.entry(session.direction).or_default() += 1;
+            } else {
+                *self.metrics.handshake_failures.entry((session.direction, class)).or_default() += 1;
+            }
+        }
+        let Some(audit) = self.audit.as_mut() else { return };
+        let (errno, reason) = match &outcome {
+            Outcome::Ok => (None, None),
+            Outcome::Abandoned => (None, Some("the guest closed the socket before the handshake completed")),
+            Outcome::Failed { errno, reason } => (Some(*errno), Some(reason.as_str())),
+        };
+        let record = AuditRecord {
+            start: timestamp(session.started),
+            end: timestamp(SystemTime::now()),
+            socket: socket.id,
+            direction: session.direction,
+            peer: socket.peer().map(|addr: SocketAddr| addr.to_string()),
+            server_name: session.server_name.as_deref(),
+            tls_version: socket.info.version.map(|v: TlsVersion| v.to_string()),
+            cipher: socket.info.cipher.as_deref(),
+            outcome: match outcome {
+                Outcome::Ok => "ok",
+                Outcome::Abandoned => "abandoned",
+                Outcome::Failed { .. } => "error",
+            },
+            errno: errno.map(|e| e.0),
+            errno_name: errno.map(Errno::name),
+            reason,
+            bytes_to_peer: to_peer,
+            bytes_from_peer: from_peer,
+            policy_generation: session.policy_generation,
+        };
+        let mut line = serde_json::to_string(&record).expect("audit records serialize");
+        line.push('\n');
+        if let Err(error) = audit.write_all(line.as_bytes()).and_then(|()| audit.flush()) {
+            tracing::warn!(%error, "cannot write the audit log");
+        }
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-12-01T14:03:05.123Z`.
+fn timestamp(at: SystemTime) -> String {
+    // By hand rather than time's Rfc3339, which drops trailing zeros of the
+    // fraction: fixed-width stamps sort as text.
+    let at = time::OffsetDateTime::from(at);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tls_engine::tls::describe_error;
+
+    #[test]
+    fn failure_classes_follow_the_engine_reasons() {
+        let range = (TlsVersion::Tls13, TlsVersion::Tls13);
+        let certificate =
+            describe_error(&rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer), "a.test", range);
+        assert_eq!(failure_class(certificate.errno, &certificate.reason), "certificate");
+        let version = describe_error(&rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion), "a", range);
+        assert_eq!(failure_class(version.errno, &version.reason), "version");
+        let alert = describe_error(&rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure), "a", range);
+        assert_eq!(failure_class(alert.errno, &alert.reason), "tls");
+        assert_eq!(failure_class(Errno::EACCES, "denied by destinations rule 1 (line 3)"), "denied");
+        assert_eq!(failure_class(Errno::ECONNREFUSED, "connecting to 127.0.0.1:1 failed"), "network");
+        assert_eq!(failure_class(Errno::ETIMEDOUT, "timed out"), "timeout");
+        assert_eq!(failure_class(Errno::EINVAL, "x"), "other");
+        assert!(FAILURE_CLASSES.contains(&"network"));
+    }
+
+    #[test]
+    fn a_label_goes_on_every_sample() {
+        let text = "# HELP a A.\n# TYPE a gauge\na 1\nb{direction=\"to_peer\"} 2\n";
+        assert_eq!(
+            with_label(text, "vm", "web\"1"),
+            "# HELP a A.\n# TYPE a gauge\na{vm=\"web\\\"1\"} 1\nb{vm=\"web\\\"1\",direction=\"to_peer\"} 2\n"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_597_785_123) + std::time::Duration::from_nanos(456);
+        assert_eq!(timestamp(at), "2025-12-01T14:03:05.123Z");
+        let round = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_597_785_100);
+        assert_eq!(timestamp(round), "2025-12-01T14:03:05.100Z", "fixed width");
+    }
+}
