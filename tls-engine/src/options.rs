@@ -40,6 +40,9 @@ pub struct SocketOptions {
     alpn: Vec<Vec<u8>>,
     /// TLS_SESSION_REUSE = 0 turns resumption off for this socket.
     no_session_reuse: bool,
+    /// TLS_CONTEXT: sockets of one context share a session cache, apart
+    /// from other contexts' (0, the default, is the VM's shared one).
+    context: u64,
     /// TLS_SESSION_TTL: how long a listening socket's sessions resume.
     session_ttl_secs: Option<u32>,
     /// TLS_REQUEST_PEER_AUTH on a listening socket: clients must present
@@ -57,6 +60,10 @@ impl SocketOptions {
     /// preference order.
     pub fn alpn(&self) -> &[Vec<u8>] {
         &self.alpn
+    }
+
+    pub fn context(&self) -> u64 {
+        self.context
     }
 
     pub fn session_reuse(&self) -> bool {
@@ -142,6 +149,17 @@ impl SocketOptions {
                 }
                 Ok(())
             }
+            wire::TLS_CONTEXT => {
+                if phase == Phase::Connected {
+                    return Err(Errno::EISCONN);
+                }
+                self.context = match value.len() {
+                    4 => u64::from(parse_int(value)?),
+                    8 => u64::from_le_bytes(value.try_into().expect("8 bytes")),
+                    _ => return Err(Errno::EINVAL),
+                };
+                Ok(())
+            }
             wire::TLS_SESSION_TTL => {
                 if phase == Phase::Connected {
                     return Err(Errno::EISCONN);
@@ -190,7 +208,6 @@ impl SocketOptions {
             | wire::TLS_DISABLE_CIPHER
             | wire::TLS_TRUSTED_CIPHERS
             | wire::TLS_REVOCATION_CHECKS
-            | wire::TLS_CONTEXT
             | wire::TLS_ENABLE_CIPHER => Err(Errno::EOPNOTSUPP),
             _ => Err(Errno::ENOPROTOOPT),
         }
@@ -206,6 +223,7 @@ impl SocketOptions {
             wire::TLS_VERSION_MAX => Some(max.wire_value().to_le_bytes().to_vec()),
             wire::TLS_ALPN => Some(self.alpn.join(&b","[..])),
             wire::TLS_SESSION_REUSE => Some(u32::from(self.session_reuse()).to_le_bytes().to_vec()),
+            wire::TLS_CONTEXT => Some(self.context.to_le_bytes().to_vec()),
             wire::TLS_REQUEST_PEER_AUTH => Some(u32::from(self.request_peer_auth).to_le_bytes().to_vec()),
             wire::TLS_SESSION_TTL => {
                 Some(self.session_ttl_secs.unwrap_or(crate::tls::DEFAULT_SESSION_TTL_SECS).to_le_bytes().to_vec())
@@ -382,6 +400,12 @@ mod tests {
         o.set(&p, Phase::Unconnected, wire::TLS_SESSION_TTL, &int(60)).unwrap();
         assert_eq!(o.session_ttl_secs(), Some(60));
         assert_eq!(o.set(&p, Phase::Unconnected, wire::TLS_SESSION_TTL, &int(MAX_SESSION_TTL_SECS + 1)), Err(Errno::EINVAL));
+        assert_eq!(o.context(), 0);
+        o.set(&p, Phase::Unconnected, wire::TLS_CONTEXT, &int(7)).unwrap();
+        assert_eq!(o.get(&p, wire::TLS_CONTEXT).unwrap(), 7u64.to_le_bytes());
+        o.set(&p, Phase::Unconnected, wire::TLS_CONTEXT, &(1u64 << 40).to_le_bytes()).unwrap();
+        assert_eq!(o.context(), 1 << 40);
+        assert_eq!(o.set(&p, Phase::Unconnected, wire::TLS_CONTEXT, &[1, 2]), Err(Errno::EINVAL));
         o.set(&p, Phase::Unconnected, wire::TLS_REQUEST_PEER_AUTH, &int(1)).unwrap();
         assert!(o.request_peer_auth());
         assert_eq!(o.set(&p, Phase::Unconnected, wire::TLS_REQUEST_PEER_AUTH, b"1"), Err(Errno::EINVAL));

@@ -19,8 +19,9 @@ use crate::policy::{Policy, ServerPolicy, TlsVersion};
 /// TLS_SESSION_TTL.
 pub const DEFAULT_SESSION_TTL_SECS: u32 = 2 * 3600;
 
-/// What makes two client sockets' configurations differ.
-type ClientConfigKey = ((TlsVersion, TlsVersion), bool);
+/// What makes two client sockets' configurations differ: version range,
+/// resumption, and TLS_CONTEXT (each context has its own session cache).
+type ClientConfigKey = ((TlsVersion, TlsVersion), bool, u64);
 
 /// Client configurations for one policy, built once per version range and
 /// shared, so that sockets share rustls' session cache (resumption).
@@ -43,7 +44,7 @@ impl ClientContext {
     pub fn config(&self, options: &SocketOptions) -> Result<Arc<ClientConfig>, Failure> {
         let range = options.version_range(&self.policy);
         let own_identity = options.own_identity();
-        let key = (range, options.session_reuse());
+        let key = (range, options.session_reuse(), options.context());
         let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if own_identity.is_none() {
             if let Some(config) = configs.get(&key) {
@@ -104,6 +105,7 @@ struct ServerConfigKey {
     alpn: Vec<Vec<u8>>,
     request_peer_auth: bool,
     session_ttl_secs: Option<u32>,
+    context: u64,
 }
 
 /// Server configurations for one policy, shared by listening sockets alike
@@ -130,6 +132,7 @@ impl ServerContext {
             alpn: options.alpn().to_vec(),
             request_peer_auth: options.request_peer_auth(),
             session_ttl_secs: if options.session_reuse() { Some(options.session_ttl_secs().unwrap_or(DEFAULT_SESSION_TTL_SECS)) } else { None },
+            context: options.context(),
         };
         let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if own_identity.is_none() {

@@ -510,6 +510,10 @@ fn sessions_resume_unless_turned_off_or_expired() {
     assert!(session(&mut device, &[]), "the second resumes (TLS_RESUMED_SESSION)");
     assert!(!session(&mut device, &[(wire::TLS_SESSION_REUSE, &int(0))]), "TLS_SESSION_REUSE = 0: a full handshake");
     assert!(session(&mut device, &[]));
+    // Another TLS_CONTEXT has a session cache of its own.
+    let context = 42u64.to_le_bytes();
+    assert!(!session(&mut device, &[(wire::TLS_CONTEXT, &context)]), "a new context starts with no session");
+    assert!(session(&mut device, &[(wire::TLS_CONTEXT, &context)]), "and then resumes within itself");
     std::thread::sleep(Duration::from_millis(2500));
     assert!(!session(&mut device, &[]), "past the listener's TLS_SESSION_TTL the session is gone");
 }
