@@ -98,6 +98,14 @@ pub struct Limits {
     pub handshake_timeout_secs: u32,
     /// Longest the TCP connect may take.
     pub connect_timeout_secs: u32,
+    /// Handshakes a VM may have in progress at once (client and server).
+    pub max_pending_handshakes: u32,
+    /// New handshakes a VM may start per second (a token bucket of one
+    /// second's worth).
+    pub handshakes_per_second: u32,
+    /// Buffer memory a VM's sockets may reserve together, in MiB: each
+    /// socket reserves `socket_buffer_bytes`.
+    pub vm_buffer_mib: u32,
 }
 
 impl Limits {
@@ -108,11 +116,28 @@ impl Limits {
     /// bytes; above 16 MiB one socket could pin a large share of host memory.
     pub const SOCKET_BUFFER_BYTES: RangeInclusive<u32> = 4096..=16 << 20;
     pub const TIMEOUT_SECS: RangeInclusive<u32> = 1..=3600;
+    pub const MAX_PENDING_HANDSHAKES: RangeInclusive<u32> = 1..=65536;
+    pub const HANDSHAKES_PER_SECOND: RangeInclusive<u32> = 1..=1_000_000;
+    pub const VM_BUFFER_MIB: RangeInclusive<u32> = 1..=65536;
+
+    /// Whether `sockets` sockets fit the VM's buffer budget.
+    pub fn buffers_fit(&self, sockets: usize) -> bool {
+        sockets as u64 * u64::from(self.socket_buffer_bytes) <= u64::from(self.vm_buffer_mib) << 20
+    }
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_sockets: 1024, socket_buffer_bytes: 256 * 1024, handshake_timeout_secs: 30, connect_timeout_secs: 30 }
+        Limits {
+            max_sockets: 1024,
+            socket_buffer_bytes: 256 * 1024,
+            handshake_timeout_secs: 30,
+            connect_timeout_secs: 30,
+            max_pending_handshakes: 256,
+            handshakes_per_second: 1000,
+            // max_sockets sockets of socket_buffer_bytes each.
+            vm_buffer_mib: 256,
+        }
     }
 }
 
@@ -449,6 +474,9 @@ struct LimitsSection {
     socket_buffer_bytes: Option<Spanned<i64>>,
     handshake_timeout_secs: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
+    max_pending_handshakes: Option<Spanned<i64>>,
+    handshakes_per_second: Option<Spanned<i64>>,
+    vm_buffer_mib: Option<Spanned<i64>>,
 }
 
 /// A version as written; a string so that `1.2` and `1.20` cannot be
@@ -782,6 +810,19 @@ fn limits(section: &LimitsSection, source: &Source<'_>) -> Result<Limits, Policy
             Limits::TIMEOUT_SECS,
             "connect_timeout_secs",
         )?,
+        max_pending_handshakes: bounded(
+            &section.max_pending_handshakes,
+            defaults.max_pending_handshakes,
+            Limits::MAX_PENDING_HANDSHAKES,
+            "max_pending_handshakes",
+        )?,
+        handshakes_per_second: bounded(
+            &section.handshakes_per_second,
+            defaults.handshakes_per_second,
+            Limits::HANDSHAKES_PER_SECOND,
+            "handshakes_per_second",
+        )?,
+        vm_buffer_mib: bounded(&section.vm_buffer_mib, defaults.vm_buffer_mib, Limits::VM_BUFFER_MIB, "vm_buffer_mib")?,
     })
 }
 

@@ -21,6 +21,7 @@ use vhost_user_backend::VringT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::limits::{HandshakeBucket, LimitWarnings};
 use crate::listener::{Listener, DEFAULT_BACKLOG, MAX_BACKLOG};
 use crate::queues::{self, MemoryGuard, ReadOutcome, Vring};
 use crate::socket::{Notice, Phase, Socket};
@@ -102,6 +103,8 @@ pub struct Device {
     rx_waiting: Vec<BTreeSet<u32>>,
     /// Failures to report once the socket's remaining data is delivered.
     deferred_errors: HashMap<u32, Errno>,
+    handshake_bucket: HandshakeBucket,
+    limit_warnings: LimitWarnings,
 }
 
 impl Device {
@@ -113,6 +116,7 @@ impl Device {
         timer.reset(Duration::from_millis(500), Some(Duration::from_millis(500)))?;
         poll.registry().register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         let (resolutions_tx, resolutions_rx) = channel();
+        let policy_rate = policy.limits.handshakes_per_second;
         Ok(Device {
             rx_waiting: vec![BTreeSet::new(); shape.queue_pairs as usize],
             shape,
@@ -131,7 +135,15 @@ impl Device {
             next_id: 1,
             events: VecDeque::new(),
             deferred_errors: HashMap::new(),
+            handshake_bucket: HandshakeBucket::new(policy_rate),
+            limit_warnings: LimitWarnings::default(),
         })
+    }
+
+    /// Handshakes in progress (client and server): sockets resolving,
+    /// connecting or handshaking.
+    fn handshakes_in_progress(&self) -> usize {
+        self.sockets.values().filter(|s| matches!(s.phase, Phase::Resolving | Phase::Connecting | Phase::Handshaking)).count()
     }
 
     /// The fd that becomes readable when sockets need attention.
@@ -383,8 +395,16 @@ impl Device {
         if request.queue_pair >= self.shape.queue_pairs {
             return Err(Errno::EINVAL);
         }
-        if self.sockets.len() >= self.policy().limits.max_sockets as usize {
+        let limits = &self.context.policy().limits;
+        if self.sockets.len() >= limits.max_sockets as usize {
+            self.limit_warnings.sockets.warn(&format!("max_sockets = {}: CREATE fails with EMFILE", limits.max_sockets));
             return Err(Errno::EMFILE);
+        }
+        if !limits.buffers_fit(self.sockets.len() + 1) {
+            self.limit_warnings
+                .buffer_memory
+                .warn(&format!("vm_buffer_mib = {} is reserved by {} sockets: CREATE fails with ENOBUFS", limits.vm_buffer_mib, self.sockets.len()));
+            return Err(Errno::ENOBUFS);
         }
         let id = self.allocate_id();
         let mut socket = Socket::new(id, request.queue_pair);
@@ -476,6 +496,7 @@ impl Device {
     fn connect(&mut self, id: u32, request_id: u64, payload: &[u8]) -> Result<(), Errno> {
         let addr = wire::SockAddr::decode(payload).ok_or(Errno::EINVAL)?;
         let policy = self.context.policy().clone();
+        let handshakes_in_progress = self.handshakes_in_progress();
         let socket = Self::open_socket(&mut self.sockets, id)?;
         match socket.phase {
             Phase::Created | Phase::Failed => {}
@@ -508,6 +529,23 @@ impl Device {
         let audit_name = socket.options.hostname().map(str::to_owned).unwrap_or_else(|| destination.server_name());
         self.telemetry.begin(socket, Direction::Client, Some(audit_name), self.policy_generation);
         let limits = &policy.limits;
+        let refusal = if handshakes_in_progress >= limits.max_pending_handshakes as usize {
+            let reason = format!("too many handshakes in progress (max_pending_handshakes = {})", limits.max_pending_handshakes);
+            self.limit_warnings.pending_handshakes.warn(&reason);
+            Some(reason)
+        } else if !self.handshake_bucket.try_take(limits.handshakes_per_second, Instant::now()) {
+            let reason = format!("too many new handshakes (handshakes_per_second = {})", limits.handshakes_per_second);
+            self.limit_warnings.handshake_rate.warn(&reason);
+            Some(reason)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            // The socket stays Created: the program may try again.
+            self.telemetry.end(socket, Outcome::failed(Errno::EAGAIN, &reason));
+            socket.error = Some(reason);
+            return Err(Errno::EAGAIN);
+        }
         socket.deadline = Some(
             Instant::now()
                 + Duration::from_secs(u64::from(limits.connect_timeout_secs) + u64::from(limits.handshake_timeout_secs)),
@@ -668,10 +706,30 @@ impl Device {
                 // frees (ACCEPT, a failed handshake).
                 return;
             }
+            // The VM's limits hold for handshakes it serves too; clients
+            // over them wait in the host's accept queue (the timer retries).
+            let limits = &self.context.policy().limits;
+            if !limits.buffers_fit(self.sockets.len() + 1) {
+                self.limit_warnings.buffer_memory.warn("vm_buffer_mib reached: incoming connections wait");
+                return;
+            }
+            if self.handshakes_in_progress() >= limits.max_pending_handshakes as usize {
+                self.limit_warnings.pending_handshakes.warn("max_pending_handshakes reached: incoming connections wait");
+                return;
+            }
+            if !self.handshake_bucket.try_take(limits.handshakes_per_second, Instant::now()) {
+                self.limit_warnings.handshake_rate.warn("handshakes_per_second reached: incoming connections wait");
+                return;
+            }
+            let listener = self.sockets.get(&listener_id).and_then(|s| s.listener.as_ref()).expect("looked up above");
             let (stream, peer) = match listener.accept() {
                 Ok(Some(accepted)) => accepted,
-                Ok(None) => return,
+                Ok(None) => {
+                    self.handshake_bucket.refund();
+                    return;
+                }
                 Err(error) => {
+                    self.handshake_bucket.refund();
                     tracing::warn!(socket = listener_id, %error, "accepting a connection failed");
                     return;
                 }
@@ -1010,6 +1068,11 @@ impl Device {
     fn expire_deadlines(&mut self) {
         // Readable, so this read does not block; it re-arms the edge.
         let _ = self.timer.wait();
+        // Clients held back by a limit get another chance.
+        let listeners: Vec<u32> = self.sockets.values().filter(|s| s.phase == Phase::Listening).map(|s| s.id).collect();
+        for id in listeners {
+            self.accept_incoming(id);
+        }
         let now = Instant::now();
         let expired: Vec<u32> =
             self.sockets.values().filter(|s| s.deadline.is_some_and(|d| d <= now)).map(|s| s.id).collect();

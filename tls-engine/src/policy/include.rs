@@ -166,6 +166,9 @@ fn overlay(top: PolicyFile, base: PolicyFile) -> PolicyFile {
             socket_buffer_bytes: top.limits.socket_buffer_bytes.or(base.limits.socket_buffer_bytes),
             handshake_timeout_secs: top.limits.handshake_timeout_secs.or(base.limits.handshake_timeout_secs),
             connect_timeout_secs: top.limits.connect_timeout_secs.or(base.limits.connect_timeout_secs),
+            max_pending_handshakes: top.limits.max_pending_handshakes.or(base.limits.max_pending_handshakes),
+            handshakes_per_second: top.limits.handshakes_per_second.or(base.limits.handshakes_per_second),
+            vm_buffer_mib: top.limits.vm_buffer_mib.or(base.limits.vm_buffer_mib),
         },
         server: super::server::ServerSection {
             listen: then(top.server.listen, base.server.listen),

@@ -31,6 +31,9 @@ impl Display for Policy {
         writeln!(f, "socket_buffer_bytes = {}", self.limits.socket_buffer_bytes)?;
         writeln!(f, "handshake_timeout_secs = {}", self.limits.handshake_timeout_secs)?;
         writeln!(f, "connect_timeout_secs = {}", self.limits.connect_timeout_secs)?;
+        writeln!(f, "max_pending_handshakes = {}", self.limits.max_pending_handshakes)?;
+        writeln!(f, "handshakes_per_second = {}", self.limits.handshakes_per_second)?;
+        writeln!(f, "vm_buffer_mib = {}", self.limits.vm_buffer_mib)?;
         if self.server.listen.is_empty() && self.server.identities.is_empty() {
             writeln!(f)?;
             writeln!(f, "# [server]: none; no guest socket may listen")?;

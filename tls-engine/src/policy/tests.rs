@@ -75,7 +75,15 @@ fn an_empty_policy_is_the_builtin_default() {
     assert_eq!(policy.limits, Limits::default());
     assert_eq!(
         policy.limits,
-        Limits { max_sockets: 1024, socket_buffer_bytes: 262144, handshake_timeout_secs: 30, connect_timeout_secs: 30 }
+        Limits {
+            max_sockets: 1024,
+            socket_buffer_bytes: 262144,
+            handshake_timeout_secs: 30,
+            connect_timeout_secs: 30,
+            max_pending_handshakes: 256,
+            handshakes_per_second: 1000,
+            vm_buffer_mib: 256,
+        }
     );
     assert!(!policy.roots.is_empty(), "system roots, or webpki-roots without them");
     assert_eq!(policy.roots.len(), builtin.roots.len());
@@ -206,11 +214,14 @@ fn destination_errors_name_their_line() {
 
 #[test]
 fn limit_errors_name_their_line() {
-    let cases: [(&str, i64, i64); 4] = [
+    let cases: [(&str, i64, i64); 7] = [
         ("max_sockets", 1, 65536),
         ("socket_buffer_bytes", 4096, 16 << 20),
         ("handshake_timeout_secs", 1, 3600),
         ("connect_timeout_secs", 1, 3600),
+        ("max_pending_handshakes", 1, 65536),
+        ("handshakes_per_second", 1, 1_000_000),
+        ("vm_buffer_mib", 1, 65536),
     ];
     for (key, low, high) in cases {
         for bad in [low - 1, high + 1, -1, i64::from(u32::MAX) + 1] {
@@ -220,10 +231,25 @@ fn limit_errors_name_their_line() {
             parse(&format!("[limits]\n{key} = {good}\n")).unwrap_or_else(|e| panic!("{e}"));
         }
     }
-    let limits = parse("[limits]\nmax_sockets = 8\nsocket_buffer_bytes = 4096\nhandshake_timeout_secs = 5\nconnect_timeout_secs = 7\n")
-        .unwrap()
-        .limits;
-    assert_eq!(limits, Limits { max_sockets: 8, socket_buffer_bytes: 4096, handshake_timeout_secs: 5, connect_timeout_secs: 7 });
+    let limits = parse(
+        "[limits]\nmax_sockets = 8\nsocket_buffer_bytes = 4096\nhandshake_timeout_secs = 5\nconnect_timeout_secs = 7\n\
+         max_pending_handshakes = 3\nhandshakes_per_second = 9\nvm_buffer_mib = 2\n",
+    )
+    .unwrap()
+    .limits;
+    assert_eq!(
+        limits,
+        Limits {
+            max_sockets: 8,
+            socket_buffer_bytes: 4096,
+            handshake_timeout_secs: 5,
+            connect_timeout_secs: 7,
+            max_pending_handshakes: 3,
+            handshakes_per_second: 9,
+            vm_buffer_mib: 2,
+        }
+    );
+    assert!(limits.buffers_fit(512) && !limits.buffers_fit(513), "2 MiB hold 512 buffers of 4 KiB");
 }
 
 #[test]
