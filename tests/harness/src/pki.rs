@@ -24,6 +24,20 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// An identity read back from the PEM `write_to` wrote (for tools that
+    /// run in another process).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Identity, rustls_pki_types::pem::Error> {
+        use rustls_pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())?;
+        Ok(Identity {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            chain,
+            key_der: key.secret_pkcs8_der().to_vec(),
+        })
+    }
+
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
