@@ -64,12 +64,12 @@ pub fn connect(handle: &Handle, fd: c_int, destination: &Destination) -> Result<
             State::Created | State::Failed => {}
         }
         socket.start_connect(fd, destination).map_err(|failure| failure.errno)?;
+        // Gets the ClientHello out early. Whatever happens next, even a
+        // failure already, a non-blocking connect reports through poll
+        // (POLLOUT, or POLLERR and SO_ERROR), as TCP's does.
         socket.progress(fd);
         if nonblocking(fd) {
-            return match socket.state {
-                State::Failed => Err(socket.take_pending_error().unwrap_or(Errno::ECONNREFUSED)),
-                _ => Err(Errno(libc::EINPROGRESS as u32)),
-            };
+            return Err(Errno(libc::EINPROGRESS as u32));
         }
     }
     finish_connect(handle, fd)
