@@ -538,7 +538,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, count: c_int) -> ss
         // SAFETY: passing the program's call on.
         return unsafe { real::readv(fd, iov, count) };
     };
-    if count < 0 || count > libc::UIO_MAXIOV {
+    if !(0..=libc::UIO_MAXIOV).contains(&count) {
         return fail(Errno::EINVAL);
     }
     // SAFETY: the program's iovecs.
@@ -616,7 +616,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, count: c_int) -> s
         // SAFETY: passing the program's call on.
         return unsafe { real::writev(fd, iov, count) };
     };
-    if count < 0 || count > libc::UIO_MAXIOV {
+    if !(0..=libc::UIO_MAXIOV).contains(&count) {
         return fail(Errno::EINVAL);
     }
     // SAFETY: the program's iovecs.

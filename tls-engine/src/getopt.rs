@@ -61,14 +61,14 @@ mod tests {
     fn values_errors_and_room() {
         let policy = Policy::builtin_default();
         let options = SocketOptions::default();
-        let mut info = ConnectionInfo::default();
-        let state = SocketState { id: 7, options: &options, info: &info, error: Some("certificate verification failed") };
+        let unconnected = ConnectionInfo::default();
+        let state = SocketState { id: 7, options: &options, info: &unconnected, error: Some("certificate verification failed") };
         assert_eq!(option_value(&policy, &state, wire::TLS_ID, 8).unwrap(), 7u64.to_le_bytes());
         assert_eq!(option_value(&policy, &state, wire::TLS_ID, 4), Err(Errno::EINVAL));
         assert_eq!(option_value(&policy, &state, wire::TLS_ERROR, 11).unwrap(), b"certificate");
         assert_eq!(option_value(&policy, &state, wire::TLS_CHOSEN_VERSION, 4), Err(Errno::ENOTCONN));
         assert_eq!(option_value(&policy, &state, wire::TLS_ALPN, 4), Err(Errno::ENOPROTOOPT));
-        info.version = Some(TlsVersion::Tls13);
+        let info = ConnectionInfo { version: Some(TlsVersion::Tls13), ..ConnectionInfo::default() };
         let state = SocketState { info: &info, error: None, ..state };
         assert_eq!(option_value(&policy, &state, wire::TLS_CHOSEN_VERSION, 4).unwrap(), 3u32.to_le_bytes());
         assert_eq!(option_value(&policy, &state, wire::TLS_ERROR, 100).unwrap(), b"");
