@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::ffi::c_int;
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT};
@@ -40,6 +40,8 @@ pub const MAX_OPTION_LEN: usize = 4000;
 
 /// TLS_ID values: process-wide, never 0.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// TLS sockets alive in this process, against the policy's max_sockets.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 pub struct TlsSocket {
     id: u64,
@@ -86,9 +88,23 @@ pub enum Progress {
     Failed(Errno),
 }
 
+impl Drop for TlsSocket {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl TlsSocket {
-    pub fn new(family: c_int, context: &'static ClientContext) -> TlsSocket {
-        TlsSocket {
+    /// A new socket, or EMFILE when the process has the policy's
+    /// `limits.max_sockets` already (the device's limit is per VM; here it
+    /// is per process).
+    pub fn new(family: c_int, context: &'static ClientContext) -> Result<TlsSocket, Errno> {
+        let limit = context.policy().limits.max_sockets as usize;
+        if LIVE.fetch_add(1, Ordering::AcqRel) >= limit {
+            LIVE.fetch_sub(1, Ordering::AcqRel);
+            return Err(Errno::EMFILE);
+        }
+        Ok(TlsSocket {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             family,
             context,
@@ -110,7 +126,7 @@ impl TlsSocket {
             write_shut: false,
             descriptors: 1,
             fork_generation: table::fork_generation(),
-        }
+        })
     }
 
     // -----------------------------------------------------------------------

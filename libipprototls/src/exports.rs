@@ -119,12 +119,16 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
         return fail(Errno::EACCES);
     };
     table::watch_forks();
+    let tls = match TlsSocket::new(domain, context) {
+        Ok(tls) => tls,
+        Err(errno) => return fail(errno),
+    };
     // Close-on-exec always: after exec the TLS state is gone, and a
     // program that inherited the descriptor would talk TCP on it.
     // SAFETY: socket() with the program's flags.
     let fd = unsafe { real::socket(domain, ty | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP) };
     if fd >= 0 {
-        table::insert(fd, Arc::new(Mutex::new(TlsSocket::new(domain, context))));
+        table::insert(fd, Arc::new(Mutex::new(tls)));
     }
     fd
 }
@@ -650,6 +654,55 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     write_result(io::write(&handle, fd, &slices, flags), flags)
 }
 
+/// sendmmsg: one sendmsg per message, so that none bypasses TLS.
+#[no_mangle]
+pub unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, count: u32, flags: c_int) -> c_int {
+    if table::lookup(fd).is_none() {
+        // SAFETY: passing the program's call on.
+        return unsafe { real::sendmmsg(fd, msgs, count, flags) };
+    }
+    let mut done = 0;
+    while done < count.min(libc::UIO_MAXIOV as u32) {
+        // SAFETY: the program's array of count messages.
+        let entry = unsafe { &mut *msgs.add(done as usize) };
+        // SAFETY: the program's message.
+        let n = unsafe { sendmsg(fd, &entry.msg_hdr, flags) };
+        if n < 0 {
+            return if done > 0 { done as c_int } else { -1 };
+        }
+        entry.msg_len = n as u32;
+        done += 1;
+    }
+    done as c_int
+}
+
+/// recvmmsg: one recvmsg per message (a stream fills the first first).
+#[no_mangle]
+pub unsafe extern "C" fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, count: u32, flags: c_int, timeout: *mut libc::timespec) -> c_int {
+    if table::lookup(fd).is_none() {
+        // SAFETY: passing the program's call on.
+        return unsafe { real::recvmmsg(fd, msgs, count, flags, timeout) };
+    }
+    let mut done = 0;
+    let mut flags = flags;
+    while done < count.min(libc::UIO_MAXIOV as u32) {
+        // SAFETY: the program's array of count messages.
+        let entry = unsafe { &mut *msgs.add(done as usize) };
+        // SAFETY: the program's message.
+        let n = unsafe { recvmsg(fd, &mut entry.msg_hdr, flags) };
+        if n <= 0 {
+            return if done > 0 { done as c_int } else if n == 0 { 0 } else { -1 };
+        }
+        entry.msg_len = n as u32;
+        done += 1;
+        // As the kernel's MSG_WAITFORONE: only the first may wait.
+        if flags & libc::MSG_WAITFORONE != 0 {
+            flags |= libc::MSG_DONTWAIT;
+        }
+    }
+    done as c_int
+}
+
 // ---------------------------------------------------------------------------
 // Readiness
 // ---------------------------------------------------------------------------
@@ -659,12 +712,54 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) ->
     if table::any() && !fds.is_null() && nfds > 0 {
         // SAFETY: the program's array of nfds pollfds.
         let set = unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) };
-        if let Some(result) = readiness::poll(set, timeout) {
+        if let Some(result) = readiness::poll(set, timeout, &mut readiness::plain_poll) {
             return result;
         }
     }
     // SAFETY: passing the program's call on.
     unsafe { real::poll(fds, nfds, timeout) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: c_int, fds_len: size_t) -> c_int {
+    if (fds_len / std::mem::size_of::<pollfd>()) < nfds as usize {
+        std::process::abort(); // what _FORTIFY_SOURCE does
+    }
+    // SAFETY: the program's arguments, checked as __poll_chk does.
+    unsafe { poll(fds, nfds, timeout) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    if table::any() && !fds.is_null() && nfds > 0 {
+        // SAFETY: the program's array of nfds pollfds.
+        let set = unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) };
+        let timeout_ms = if timeout.is_null() {
+            -1
+        } else {
+            // SAFETY: the program's timespec.
+            let ts = unsafe { *timeout };
+            #[allow(clippy::useless_conversion)] // time_t is i64 only on 64-bit targets
+            let ms = i64::from(ts.tv_sec).saturating_mul(1000).saturating_add((i64::from(ts.tv_nsec) + 999_999) / 1_000_000);
+            ms.clamp(0, c_int::MAX as i64) as c_int
+        };
+        let mut with_mask = |kernel: &mut [pollfd], ms: c_int| {
+            let ts = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
+            let wait = if ms < 0 { std::ptr::null() } else { &ts as *const libc::timespec };
+            // SAFETY: a valid array, timespec and the program's mask.
+            unsafe { real::ppoll(kernel.as_mut_ptr(), kernel.len() as nfds_t, wait, mask) }
+        };
+        if let Some(result) = readiness::poll(set, timeout_ms, &mut with_mask) {
+            return result;
+        }
+    }
+    // SAFETY: passing the program's call on.
+    unsafe { real::ppoll(fds, nfds, timeout, mask) }
 }
 
 #[no_mangle]

@@ -14,7 +14,7 @@ use tls_engine::errno::Errno;
 
 use crate::conn::{Progress, State};
 use crate::table::{self, Handle};
-use crate::real;
+use crate::{readiness, real};
 
 /// Whether the descriptor is in non-blocking mode (O_NONBLOCK).
 pub fn nonblocking(fd: c_int) -> bool {
@@ -68,9 +68,10 @@ pub fn connect(handle: &Handle, fd: c_int, destination: &Destination) -> Result<
         // failure already, a non-blocking connect reports through poll
         // (POLLOUT, or POLLERR and SO_ERROR), as TCP's does.
         socket.progress(fd);
-        if nonblocking(fd) {
-            return Err(Errno(libc::EINPROGRESS as u32));
-        }
+    }
+    readiness::resync(fd, handle);
+    if nonblocking(fd) {
+        return Err(Errno(libc::EINPROGRESS as u32));
     }
     finish_connect(handle, fd)
 }

@@ -61,9 +61,17 @@ struct Watched {
     app: i16,
 }
 
-/// poll() for a set with TLS descriptors; `None` when it has none (the
-/// caller then calls the C library's poll as is).
-pub fn poll(fds: &mut [pollfd], timeout_ms: c_int) -> Option<c_int> {
+/// How to wait in the kernel: poll, or ppoll with the program's signal mask.
+pub type KernelPoll<'a> = &'a mut dyn FnMut(&mut [pollfd], c_int) -> c_int;
+
+pub fn plain_poll(fds: &mut [pollfd], timeout_ms: c_int) -> c_int {
+    // SAFETY: fds is a valid array of fds.len() pollfds.
+    unsafe { real::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) }
+}
+
+/// poll() for a set with TLS descriptors, waiting with `kernel_poll`;
+/// `None` when it has none (the caller then calls the C library as is).
+pub fn poll(fds: &mut [pollfd], timeout_ms: c_int, kernel_poll: KernelPoll<'_>) -> Option<c_int> {
     if !table::any() {
         return None;
     }
@@ -88,8 +96,7 @@ pub fn poll(fds: &mut [pollfd], timeout_ms: c_int) -> Option<c_int> {
             wake_by = earliest(wake_by, socket.deadline());
         }
         let wait = if ready_now { 0 } else { millis_until(wake_by) };
-        // SAFETY: kernel is a valid array of kernel.len() pollfds.
-        let n = unsafe { real::poll(kernel.as_mut_ptr(), kernel.len() as libc::nfds_t, wait) };
+        let n = kernel_poll(&mut kernel, wait);
         if n < 0 {
             return Some(n);
         }
@@ -154,7 +161,7 @@ pub unsafe fn select(
         let ms = i64::from(tv.tv_sec).saturating_mul(1000).saturating_add((i64::from(tv.tv_usec) + 999) / 1000);
         ms.clamp(0, c_int::MAX as i64) as c_int
     };
-    let result = poll(&mut fds, timeout_ms)?;
+    let result = poll(&mut fds, timeout_ms, &mut plain_poll)?;
     if result < 0 {
         return Some(result);
     }
@@ -298,6 +305,25 @@ pub fn forget_descriptor(fd: c_int, last_of_socket: bool) {
             !set.is_empty()
         });
         REGISTERED.fetch_sub(removed, Ordering::AcqRel);
+    }
+}
+
+/// `fd`'s socket changed state outside a wait (connect started): brings
+/// the kernel's interest in line now, for a thread already waiting in
+/// epoll_wait with the old interest.
+pub fn resync(fd: c_int, handle: &Handle) {
+    if REGISTERED.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let registrations: Vec<(c_int, Registration)> =
+        registry().iter().filter_map(|(&epfd, set)| set.get(&fd).map(|r| (epfd, *r))).collect();
+    for (epfd, registration) in registrations {
+        let (kernel, _) = kernel_interest(handle, registration.app, registration.disarmed);
+        if kernel != registration.kernel && kernel_ctl(epfd, libc::EPOLL_CTL_MOD, fd, kernel) == 0 {
+            if let Some(r) = registry().get_mut(&epfd).and_then(|set| set.get_mut(&fd)) {
+                r.kernel = kernel;
+            }
+        }
     }
 }
 
