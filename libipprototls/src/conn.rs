@@ -591,9 +591,17 @@ impl TlsSocket {
                         self.break_connection(fd, failure);
                     }
                 }
-                if revents & (POLLIN | POLLHUP | POLLERR) != 0 && app & POLLIN != 0 && !self.readable_now() {
-                    if let Err(failure) = self.receive(fd) {
-                        self.break_connection(fd, failure);
+                // Until there is data (or the kernel has nothing more): a
+                // session ticket alone is no reason to wake the program, and
+                // under EPOLLET the kernel will not say again that the rest
+                // is there.
+                if revents & (POLLIN | POLLHUP | POLLERR) != 0 && app & POLLIN != 0 {
+                    while !self.readable_now() {
+                        match self.receive(fd) {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(failure) => self.break_connection(fd, failure),
+                        }
                     }
                 }
             }

@@ -394,6 +394,12 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout_ms
                             table::lock(&handle).poll_complete(fd, registration.app as u16 as i16, event.events as u16 as i16);
                         reported.push(fd);
                         if ready == 0 {
+                            // Nothing for the program (a session ticket): a
+                            // one-shot registration the kernel just disarmed
+                            // must wait on.
+                            if registration.kernel & libc::EPOLLONESHOT as u32 != 0 {
+                                kernel_ctl(epfd, libc::EPOLL_CTL_MOD, fd, registration.kernel);
+                            }
                             None
                         } else {
                             if registration.app & libc::EPOLLONESHOT as u32 != 0 {
