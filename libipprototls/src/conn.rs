@@ -194,7 +194,15 @@ impl TlsSocket {
                 format!("no address of {} fits this {family} socket ({allowed:?})", destination.server_name()),
             ));
         }
-        self.server_name = self.options.hostname().map(str::to_owned).unwrap_or_else(|| destination.server_name());
+        let server_name = self.options.hostname().map(str::to_owned).unwrap_or_else(|| destination.server_name());
+        self.connect_in_turn(fd, server_name, candidates)
+    }
+
+    /// Connects to the first of `candidates` that answers, verifying the
+    /// peer as `server_name`; the policy has allowed them all.
+    fn connect_in_turn(&mut self, fd: c_int, server_name: String, candidates: VecDeque<SocketAddr>) -> Result<(), Failure> {
+        let policy = self.context.policy();
+        self.server_name = server_name;
         self.candidates = candidates;
         let limits = &policy.limits;
         let budget = u64::from(limits.connect_timeout_secs) + u64::from(limits.handshake_timeout_secs);
@@ -708,5 +716,98 @@ impl Write for KernelSocket {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    use tls_engine::Policy;
+    use vhost_tls_harness::peers::{Behaviour, RustlsServer};
+    use vhost_tls_harness::pki::{loopback_names, TestCa, Validity};
+    use vhost_tls_harness::testbed::LOOPBACK_POLICY;
+
+    use super::*;
+
+    struct Peer {
+        _dir: tempfile::TempDir,
+        context: &'static ClientContext,
+        server: RustlsServer,
+    }
+
+    fn echo_peer() -> Peer {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("libipprototls test CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        let policy = Policy::from_toml_str(LOOPBACK_POLICY, "test", dir.path()).unwrap();
+        let identity = ca.issue(&loopback_names(), Validity::Current);
+        let server = RustlsServer::start("127.0.0.1:0".parse().unwrap(), &identity, &[&rustls::version::TLS13], Behaviour::Echo);
+        // The socket keeps a 'static context, as the process's one is.
+        let context = Box::leak(Box::new(ClientContext::new(Arc::new(policy))));
+        Peer { _dir: dir, context, server }
+    }
+
+    fn tcp_socket() -> c_int {
+        // SAFETY: socket() with constant arguments.
+        let fd = unsafe { real::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        fd
+    }
+
+    /// Drives a connect to its end, as a blocking connect() does.
+    fn finish(socket: &mut TlsSocket, fd: c_int) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while matches!(socket.state, State::Connecting | State::Handshaking) {
+            assert!(Instant::now() < until, "connect did not finish");
+            let mut wait = libc::pollfd { fd, events: socket.connect_wants(), revents: 0 };
+            // SAFETY: one valid pollfd.
+            unsafe { real::poll(&mut wait, 1, 100) };
+            socket.progress(fd);
+        }
+    }
+
+    #[test]
+    fn each_address_is_tried_in_turn_on_a_fresh_socket() {
+        let peer = echo_peer();
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let fd = tcp_socket();
+        let mut socket = TlsSocket::new(libc::AF_INET, peer.context).unwrap();
+        let candidates = VecDeque::from([closed, peer.server.addr]);
+        socket.connect_in_turn(fd, "localhost".into(), candidates).unwrap();
+        finish(&mut socket, fd);
+        assert_eq!(socket.state, State::Established, "TLS_ERROR: {:?}", socket.error);
+        assert_eq!(socket.current, Some(peer.server.addr));
+
+        let hello = [IoSlice::new(b"hello, "), IoSlice::new(b"echo")];
+        assert_eq!(socket.write(fd, &hello), Progress::Done(11));
+        let mut echoed = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while echoed.len() < 11 && Instant::now() < until {
+            let mut buf = [0u8; 64];
+            if let Progress::Done(n) = socket.read(fd, &mut [&mut buf[..]], false) {
+                echoed.extend_from_slice(&buf[..n]);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(echoed, b"hello, echo");
+        // SAFETY: our own descriptor.
+        unsafe { real::close(fd) };
+    }
+
+    #[test]
+    fn when_every_address_refuses_the_last_refusal_is_the_answer() {
+        let peer = echo_peer();
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let fd = tcp_socket();
+        let mut socket = TlsSocket::new(libc::AF_INET, peer.context).unwrap();
+        socket.connect_in_turn(fd, "localhost".into(), VecDeque::from([closed, closed])).ok();
+        finish(&mut socket, fd);
+        assert_eq!(socket.state, State::Failed);
+        assert_eq!(socket.take_pending_error(), Some(Errno::ECONNREFUSED));
+        assert!(socket.error.as_deref().unwrap().contains(&closed.to_string()), "{:?}", socket.error);
+        // SAFETY: our own descriptor.
+        unsafe { real::close(fd) };
     }
 }

@@ -1,0 +1,132 @@
+/* The life of an IPPROTO_TLS descriptor under libipprototls, beyond what
+ * the guest programs check: connecting again after a refusal, trying each
+ * address of a name in turn, descriptors shared by dup, close_range, the
+ * calls refused so that nothing bypasses TLS, and what getsockopt says.
+ * (Trying each address of a name in turn is a unit test in conn.rs: no
+ * loopback name has two addresses everywhere.)
+ * usage: tls-lifecycle PORT CLOSED_PORT
+ *   PORT: openssl s_server -www for localhost on 127.0.0.1 only;
+ *   CLOSED_PORT: a loopback port nothing listens on. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "../../../guest-driver/include/in_tls.h"
+#include "../../../tests/vm/check.h"
+
+static struct sockaddr_in loopback(int port)
+{
+	struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
+	inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
+	return in;
+}
+
+/* GET / on fd and the reply through read_fd; 1 if it is a whole page. */
+static int fetch(int fd, int read_fd)
+{
+	const char *request = "GET / HTTP/1.0\r\n\r\n";
+	if (write(fd, request, strlen(request)) != (ssize_t)strlen(request))
+		return 0;
+	static char page[65536];
+	size_t got = 0;
+	ssize_t n;
+	while (got < sizeof(page) - 1 && (n = read(read_fd, page + got, sizeof(page) - 1 - got)) > 0)
+		got += n;
+	page[got] = 0;
+	return strncmp(page, "HTTP/1.0 200 ok", 15) == 0 && strstr(page, "</HTML>") != NULL;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 3)
+		return 2;
+	struct sockaddr_in good = loopback(atoi(argv[1])), refused = loopback(atoi(argv[2]));
+
+	/* Connect again after a refusal: a fresh TCP socket under the same
+	 * descriptor number. */
+	int fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+	setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "localhost", 10);
+	errno = 0;
+	check(connect(fd, (struct sockaddr *)&refused, sizeof(refused)) < 0 && errno == ECONNREFUSED,
+	      "nothing listening: ECONNREFUSED");
+	char text[256] = "";
+	socklen_t len = sizeof(text);
+	getsockopt(fd, IPPROTO_TLS, TLS_ERROR, text, &len);
+	printf("TLS_ERROR: %s\n", text);
+	check(strstr(text, "refused") != NULL, "TLS_ERROR says the connection was refused");
+	check(connect(fd, (struct sockaddr *)&good, sizeof(good)) == 0, "then connecting elsewhere works");
+	len = sizeof(text);
+	check(getsockopt(fd, IPPROTO_TLS, TLS_ERROR, text, &len) == 0 && len == 1 && text[0] == 0,
+	      "and TLS_ERROR is empty again");
+	int protocol = 0;
+	len = sizeof(protocol);
+	check(getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) == 0 && protocol == IPPROTO_TLS,
+	      "SO_PROTOCOL is IPPROTO_TLS");
+	len = 4;
+	check(getsockopt(fd, IPPROTO_TLS, TLS_PEER_IDENTITY, text, &len) == 0 && len == 4 && strcmp(text, "CN=") == 0,
+	      "a string option is cut to the caller's buffer, NUL-terminated");
+	long long big = 0;
+	len = 2;
+	errno = 0;
+	check(getsockopt(fd, IPPROTO_TLS, TLS_ID, &big, &len) < 0 && errno == EINVAL, "an integer option that does not fit is EINVAL");
+
+	/* Refused calls: none may put plaintext on the stream. */
+	int file = open("/proc/self/exe", O_RDONLY);
+	errno = 0;
+	check(sendfile(fd, file, NULL, 16) < 0 && errno == EINVAL, "sendfile to a TLS socket is EINVAL");
+	close(file);
+	errno = 0;
+	check(fdopen(fd, "r+") == NULL && errno == EOPNOTSUPP, "fdopen of a TLS socket is EOPNOTSUPP");
+	struct { struct cmsghdr header; int fd; } control = { .header = { .cmsg_len = CMSG_LEN(sizeof(int)),
+		.cmsg_level = SOL_SOCKET, .cmsg_type = SCM_RIGHTS }, .fd = 0 };
+	struct iovec one = { "x", 1 };
+	struct msghdr with_fd = { .msg_iov = &one, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof(control) };
+	errno = 0;
+	check(sendmsg(fd, &with_fd, 0) < 0 && errno == EOPNOTSUPP, "sendmsg with ancillary data is EOPNOTSUPP");
+	errno = 0;
+	check(send(fd, "x", 1, MSG_OOB) < 0 && errno == EOPNOTSUPP, "MSG_OOB is EOPNOTSUPP");
+
+	/* dup: both descriptors are the one session; closing one leaves it. */
+	int copy = dup(fd);
+	check(copy >= 0, "dup");
+	check(close(fd) == 0, "close the original");
+	check(fetch(copy, copy), "the duplicate still carries the session");
+	close(copy);
+
+	fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+	setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "localhost", 10);
+	check(connect(fd, (struct sockaddr *)&good, sizeof(good)) == 0, "connect");
+	copy = fcntl(fd, F_DUPFD_CLOEXEC, 50);
+	check(copy >= 50, "F_DUPFD_CLOEXEC");
+	check(fetch(fd, copy), "write on one descriptor, read the reply on its F_DUPFD copy");
+	check(close_range(copy, copy, 0) == 0 && close(fd) == 0, "close_range and close");
+
+	/* AF_HOSTNAME on an AF_INET6 socket, to a server on 127.0.0.1 only:
+	 * the IPv4 address is reached as ::ffff:127.0.0.1 (and, where
+	 * localhost is also ::1, after ::1 refuses). */
+	struct sockaddr_host host = { .sh_family = AF_HOSTNAME, .sh_port = good.sin_port };
+	strcpy((char *)host.sh_addr.name, "localhost");
+	fd = socket(AF_INET6, SOCK_STREAM, IPPROTO_TLS);
+	check(connect(fd, (struct sockaddr *)&host, sizeof(host)) == 0, "AF_HOSTNAME localhost on an AF_INET6 socket reaches 127.0.0.1");
+	check(fetch(fd, fd), "and the page");
+	check(shutdown(fd, SHUT_WR) == 0, "shutdown(SHUT_WR) after the peer's close_notify");
+	errno = 0;
+	check(send(fd, "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "then a send is EPIPE (SIGPIPE without MSG_NOSIGNAL)");
+	close(fd);
+
+	fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+	errno = 0;
+	check(shutdown(fd, SHUT_WR) < 0 && errno == ENOTCONN, "shutdown before connect is ENOTCONN");
+	errno = 0;
+	check(write(fd, "x", 1) < 0 && errno == ENOTCONN, "write before connect is ENOTCONN");
+	close(fd);
+
+	printf("tls-lifecycle: %d failure(s)\n", failures);
+	return failures != 0;
+}
