@@ -207,8 +207,14 @@ impl TlsSocket {
         let limits = &policy.limits;
         let budget = u64::from(limits.connect_timeout_secs) + u64::from(limits.handshake_timeout_secs);
         self.deadline = Some(Instant::now() + Duration::from_secs(budget));
+        // Nothing of an earlier attempt carries over.
         self.tls = None;
         self.info = ConnectionInfo::default();
+        self.tcp_eof = false;
+        self.broken = None;
+        self.broken_reported = false;
+        self.read_shut = false;
+        self.write_shut = false;
         self.try_next_address(fd, None)
     }
 
