@@ -387,7 +387,13 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout_ms
             let event = unsafe { events.add(i).read_unaligned() };
             let translated = if event.u64 & TAG_MASK == TAG {
                 let fd = event.u64 as u32 as c_int;
-                let found = snapshot.iter().find(|(f, _)| *f == fd).map(|(_, r)| *r);
+                // Registered by another thread since the snapshot: the
+                // registry has it.
+                let found = snapshot
+                    .iter()
+                    .find(|(f, _)| *f == fd)
+                    .map(|(_, r)| *r)
+                    .or_else(|| registry().get(&epfd).and_then(|set| set.get(&fd)).copied());
                 match (found, table::lookup(fd)) {
                     (Some(registration), Some(handle)) => {
                         let ready =
