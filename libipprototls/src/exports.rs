@@ -366,6 +366,52 @@ pub unsafe extern "C" fn splice(
     unsafe { real::splice(fd_in, off_in, fd_out, off_out, len, flags) }
 }
 
+// POSIX AIO: glibc's helper threads call its internal read/write, which
+// bypass the library: refused on TLS descriptors.
+
+/// Whether an AIO request is for a TLS descriptor.
+///
+/// # Safety
+/// `cb` is null or the program's valid aiocb.
+unsafe fn aio_on_tls(cb: *const libc::aiocb) -> bool {
+    // SAFETY: the caller's contract.
+    !cb.is_null() && table::lookup(unsafe { (*cb).aio_fildes }).is_some()
+}
+
+macro_rules! refuse_aio {
+    ($($name:ident),*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(cb: *mut libc::aiocb) -> c_int {
+            // SAFETY: the program's aiocb.
+            if unsafe { aio_on_tls(cb) } {
+                return fail(Errno::EINVAL);
+            }
+            // SAFETY: passing the program's call on.
+            unsafe { real::$name(cb) }
+        }
+    )*};
+}
+refuse_aio!(aio_read, aio_write, aio_read64, aio_write64);
+
+macro_rules! refuse_lio {
+    ($($name:ident),*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(mode: c_int, list: *const *mut libc::aiocb, count: c_int, signal: *mut libc::sigevent) -> c_int {
+            if table::any() && !list.is_null() {
+                for i in 0..count.max(0) as usize {
+                    // SAFETY: the program's list of count entries (null ones are skipped, as lio_listio does).
+                    if unsafe { aio_on_tls(*list.add(i)) } {
+                        return fail(Errno::EINVAL);
+                    }
+                }
+            }
+            // SAFETY: passing the program's call on.
+            unsafe { real::$name(mode, list, count, signal) }
+        }
+    )*};
+}
+refuse_lio!(lio_listio, lio_listio64);
+
 // ---------------------------------------------------------------------------
 // Options
 // ---------------------------------------------------------------------------

@@ -93,6 +93,12 @@ next_fns! {
     fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_long) -> c_int;
     fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_long) -> c_int;
     fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE;
+    fn aio_read(cb: *mut libc::aiocb) -> c_int;
+    fn aio_write(cb: *mut libc::aiocb) -> c_int;
+    fn aio_read64(cb: *mut libc::aiocb) -> c_int;
+    fn aio_write64(cb: *mut libc::aiocb) -> c_int;
+    fn lio_listio(mode: c_int, list: *const *mut libc::aiocb, count: c_int, signal: *mut libc::sigevent) -> c_int;
+    fn lio_listio64(mode: c_int, list: *const *mut libc::aiocb, count: c_int, signal: *mut libc::sigevent) -> c_int;
     fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t;
     fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut libc::off64_t, count: size_t) -> ssize_t;
     fn splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: u32) -> ssize_t;

@@ -1,6 +1,6 @@
 /* The life of an IPPROTO_TLS descriptor under libipprototls, beyond what
- * the guest programs check: connecting again after a refusal, trying each
- * address of a name in turn, descriptors shared by dup, close_range, the
+ * the guest programs check: connecting again after a refusal, descriptors
+ * shared by dup, close_range, the
  * calls refused so that nothing bypasses TLS, and what getsockopt says.
  * (Trying each address of a name in turn is a unit test in conn.rs: no
  * loopback name has two addresses everywhere.)
@@ -8,6 +8,7 @@
  *   PORT: openssl s_server -www for localhost on 127.0.0.1 only;
  *   CLOSED_PORT: a loopback port nothing listens on. */
 #define _GNU_SOURCE
+#include <aio.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -91,6 +92,9 @@ int main(int argc, char **argv)
 	check(sendmsg(fd, &with_fd, 0) < 0 && errno == EOPNOTSUPP, "sendmsg with ancillary data is EOPNOTSUPP");
 	errno = 0;
 	check(send(fd, "x", 1, MSG_OOB) < 0 && errno == EOPNOTSUPP, "MSG_OOB is EOPNOTSUPP");
+	struct aiocb request = { .aio_fildes = fd, .aio_buf = "x", .aio_nbytes = 1 };
+	errno = 0;
+	check(aio_write(&request) < 0 && errno == EINVAL, "aio_write (glibc writes around interposition) is EINVAL");
 
 	/* dup: both descriptors are the one session; closing one leaves it. */
 	int copy = dup(fd);
