@@ -12,11 +12,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include "../../../guest-driver/include/in_tls.h"
 #include "../../../tests/vm/check.h"
@@ -92,9 +95,9 @@ int main(int argc, char **argv)
 	check(sendmsg(fd, &with_fd, 0) < 0 && errno == EOPNOTSUPP, "sendmsg with ancillary data is EOPNOTSUPP");
 	errno = 0;
 	check(send(fd, "x", 1, MSG_OOB) < 0 && errno == EOPNOTSUPP, "MSG_OOB is EOPNOTSUPP");
-	struct aiocb request = { .aio_fildes = fd, .aio_buf = "x", .aio_nbytes = 1 };
+	struct aiocb aio = { .aio_fildes = fd, .aio_buf = "x", .aio_nbytes = 1 };
 	errno = 0;
-	check(aio_write(&request) < 0 && errno == EINVAL, "aio_write (glibc writes around interposition) is EINVAL");
+	check(aio_write(&aio) < 0 && errno == EINVAL, "aio_write (glibc writes around interposition) is EINVAL");
 
 	/* dup: both descriptors are the one session; closing one leaves it. */
 	int copy = dup(fd);
@@ -110,6 +113,48 @@ int main(int argc, char **argv)
 	check(copy >= 50, "F_DUPFD_CLOEXEC");
 	check(fetch(fd, copy), "write on one descriptor, read the reply on its F_DUPFD copy");
 	check(close_range(copy, copy, 0) == 0 && close(fd) == 0, "close_range and close");
+
+	/* The other data calls: writev, ppoll, MSG_WAITALL, readv, recvmmsg,
+	 * sendmmsg; FIONBIO makes reads non-blocking. */
+	fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+	setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "localhost", 10);
+	check(connect(fd, (struct sockaddr *)&good, sizeof(good)) == 0, "connect");
+	struct iovec request[2] = { { "GET / HTTP/1.0\r\n", 16 }, { "\r\n", 2 } };
+	check(writev(fd, request, 2) == 18, "writev with two buffers");
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	struct timespec five = { .tv_sec = 5 };
+	check(ppoll(&p, 1, &five, NULL) == 1 && (p.revents & POLLIN), "ppoll sees the reply");
+	char status[15];
+	check(recv(fd, status, sizeof(status), MSG_WAITALL) == 15 && memcmp(status, "HTTP/1.0 200 ok", 15) == 0,
+	      "MSG_WAITALL gets exactly the status line");
+	char a[5], b[5];
+	struct iovec parts[2] = { { a, 5 }, { b, 5 } };
+	check(readv(fd, parts, 2) == 10 && memcmp(a, "\r\nCon", 5) == 0 && memcmp(b, "tent-", 5) == 0,
+	      "readv fills two buffers in order");
+	char c[8], d[8];
+	struct iovec one_c = { c, 8 }, one_d = { d, 8 };
+	struct mmsghdr two[2] = { { .msg_hdr = { .msg_iov = &one_c, .msg_iovlen = 1 } },
+				  { .msg_hdr = { .msg_iov = &one_d, .msg_iovlen = 1 } } };
+	check(recvmmsg(fd, two, 2, MSG_WAITFORONE, NULL) == 2 && two[0].msg_len == 8 && two[1].msg_len == 8 &&
+	      memcmp(c, "type: te", 8) == 0 && memcmp(d, "xt/html\r", 8) == 0, "recvmmsg fills two messages in order");
+	close(fd);
+
+	fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+	setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "localhost", 10);
+	check(connect(fd, (struct sockaddr *)&good, sizeof(good)) == 0, "connect");
+	int on = 1;
+	check(ioctl(fd, FIONBIO, &on) == 0, "FIONBIO");
+	errno = 0;
+	check(read(fd, c, 1) < 0 && errno == EAGAIN, "then a read with nothing to read is EAGAIN at once");
+	on = 0;
+	ioctl(fd, FIONBIO, &on);
+	struct iovec line = { "GET / HTTP/1.0\r\n", 16 }, end = { "\r\n", 2 };
+	struct mmsghdr out[2] = { { .msg_hdr = { .msg_iov = &line, .msg_iovlen = 1 } },
+				  { .msg_hdr = { .msg_iov = &end, .msg_iovlen = 1 } } };
+	check(sendmmsg(fd, out, 2, 0) == 2 && out[0].msg_len == 16 && out[1].msg_len == 2, "sendmmsg sends two messages");
+	check(recv(fd, status, sizeof(status), MSG_WAITALL) == 15 && memcmp(status, "HTTP/1.0 200 ok", 15) == 0,
+	      "and the server answers the request they make");
+	close(fd);
 
 	/* AF_HOSTNAME on an AF_INET6 socket, to a server on 127.0.0.1 only:
 	 * the IPv4 address is reached as ::ffff:127.0.0.1 (and, where
