@@ -118,7 +118,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
         // without TLS.
         return fail(Errno::EACCES);
     };
-    table::watch_forks();
+    table::watch_forks_and_exit();
     let tls = match TlsSocket::new(domain, context) {
         Ok(tls) => tls,
         Err(errno) => return fail(errno),

@@ -120,12 +120,42 @@ extern "C" fn after_fork() {
     FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Registers the fork handlers, once, before the first TLS socket exists.
-pub fn watch_forks() {
+/// Every TLS socket of the process with one of its descriptors.
+pub fn all() -> Vec<(c_int, Handle)> {
+    let map = map().read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut seen: Vec<(c_int, Handle)> = Vec::new();
+    for (&fd, handle) in map.iter() {
+        if !seen.iter().any(|(_, h)| Arc::ptr_eq(h, handle)) {
+            seen.push((fd, handle.clone()));
+        }
+    }
+    seen
+}
+
+/// At exit the kernel closes the descriptors, so close() never runs: end
+/// the TLS streams here, as the guest's kernel closing them makes the
+/// device do.
+extern "C" fn at_exit() {
+    for (fd, handle) in all() {
+        // Another thread may be inside a call on this socket: skip it
+        // rather than wait at exit.
+        if let Ok(mut socket) = handle.try_lock() {
+            socket.last_close(fd);
+        }
+    }
+}
+
+/// Registers the fork and exit handlers, once, before the first TLS socket
+/// exists.
+pub fn watch_forks_and_exit() {
     static REGISTERED: OnceLock<()> = OnceLock::new();
     REGISTERED.get_or_init(|| {
-        // SAFETY: the handlers are plain functions that only touch an atomic,
-        // which is async-signal-safe as the child handler must be.
-        unsafe { libc::pthread_atfork(None, Some(after_fork), Some(after_fork)) };
+        // SAFETY: the fork handlers are plain functions that only touch an
+        // atomic, which is async-signal-safe as the child handler must be;
+        // at_exit takes no arguments and returns, as atexit requires.
+        unsafe {
+            libc::pthread_atfork(None, Some(after_fork), Some(after_fork));
+            libc::atexit(at_exit);
+        }
     });
 }
