@@ -3,7 +3,7 @@
  * - TLS sockets are close-on-exec, and that cannot be undone: an exec'd
  *   program never sees the bare TCP stream under the TLS one;
  * - after fork, one of the two processes may go on using a socket; the
- *   other's close() does not end the TLS stream (no close_notify).
+ *   other's close() or exit does not end the TLS stream (no close_notify).
  * usage: tls-fork PORT   (openssl s_server -www for localhost on 127.0.0.1)
  *        tls-fork --closed FD   (run by exec: is FD closed?) */
 #include <arpa/inet.h>
@@ -65,6 +65,7 @@ int main(int argc, char **argv)
 	close(100);
 
 	/* fork + exec while the socket is open (what system() does). */
+	fflush(stdout); /* or the child prints what is buffered again */
 	pid_t child = fork();
 	if (child == 0) {
 		char number[16];
@@ -84,6 +85,7 @@ int main(int argc, char **argv)
 	check(fd >= 0, "connect again");
 	int go[2];
 	check(pipe(go) == 0, "pipe");
+	fflush(stdout); /* or the child prints what is buffered again */
 	child = fork();
 	if (child == 0) {
 		char byte;
@@ -97,6 +99,21 @@ int main(int argc, char **argv)
 	status = -1;
 	waitpid(child, &status, 0);
 	check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child fetches a page on the socket the parent closed");
+
+	/* fork; the child exits without closing (at exit the library ends
+	 * the streams of the sockets a process left open, but not of those
+	 * shared with another process): the parent goes on. */
+	fd = connected(port);
+	check(fd >= 0, "connect a third time");
+	fflush(stdout); /* or the child prints what is buffered again */
+	child = fork();
+	if (child == 0)
+		exit(0);
+	status = -1;
+	waitpid(child, &status, 0);
+	check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child exits");
+	check(fetch(fd), "the parent fetches a page after its child's exit");
+	close(fd);
 
 	printf("tls-fork: %d failure(s)\n", failures);
 	return failures != 0;
