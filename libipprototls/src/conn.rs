@@ -27,6 +27,9 @@ use crate::{real, sockaddr, table};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Created,
+    /// A non-blocking connect by name: the name is being resolved on a
+    /// thread of its own ([`crate::io`]).
+    Resolving,
     /// TCP connect in progress.
     Connecting,
     Handshaking,
@@ -183,8 +186,38 @@ impl TlsSocket {
     }
 
     fn begin(&mut self, fd: c_int, destination: &Destination) -> Result<(), Failure> {
-        let policy = self.context.policy();
-        let allowed = destination::resolve(policy, destination, self.options.hostname())?;
+        let allowed = destination::resolve(self.context.policy(), destination, self.options.hostname())?;
+        self.connect_allowed(fd, destination, allowed)
+    }
+
+    /// A non-blocking connect to a name: the caller resolves it off this
+    /// thread and hands the result to [`Self::resolved`].
+    pub fn start_resolving(&mut self) {
+        self.error = None;
+        self.pending_error = None;
+        self.state = State::Resolving;
+        let limits = &self.context.policy().limits;
+        let budget = u64::from(limits.connect_timeout_secs) + u64::from(limits.handshake_timeout_secs);
+        self.deadline = Some(Instant::now() + Duration::from_secs(budget));
+    }
+
+    /// What resolving a name needs: the policy and the socket's TLS_HOSTNAME.
+    pub fn resolver_inputs(&self) -> (&'static ClientContext, Option<String>) {
+        (self.context, self.options.hostname().map(str::to_owned))
+    }
+
+    /// The name resolved (or not): connects as [`Self::start_connect`] would
+    /// have; a failure is reported as a non-blocking connect's (SO_ERROR).
+    pub fn resolved(&mut self, fd: c_int, destination: &Destination, result: Result<Vec<SocketAddr>, Failure>) {
+        if self.state != State::Resolving {
+            return; // timed out meanwhile
+        }
+        if let Err(failure) = result.and_then(|allowed| self.connect_allowed(fd, destination, allowed)) {
+            self.fail(fd, failure);
+        }
+    }
+
+    fn connect_allowed(&mut self, fd: c_int, destination: &Destination, allowed: Vec<SocketAddr>) -> Result<(), Failure> {
         let candidates: VecDeque<SocketAddr> =
             allowed.iter().filter_map(|addr| sockaddr::for_family(*addr, self.family)).collect();
         if candidates.is_empty() {
@@ -246,9 +279,14 @@ impl TlsSocket {
     }
 
     fn step(&mut self, fd: c_int) -> Result<(), Failure> {
-        if matches!(self.state, State::Connecting | State::Handshaking) && self.deadline.is_some_and(|d| Instant::now() >= d) {
-            let what = if self.state == State::Connecting { "connecting to" } else { "the TLS handshake with" };
-            return Err(Failure::new(Errno::ETIMEDOUT, format!("{what} {} timed out", self.server_name)));
+        if self.connecting() && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            let what = match self.state {
+                State::Resolving => "resolving the name to connect to",
+                State::Connecting => "connecting",
+                _ => "the TLS handshake",
+            };
+            let peer = if self.server_name.is_empty() { String::new() } else { format!(" ({})", self.server_name) };
+            return Err(Failure::new(Errno::ETIMEDOUT, format!("{what} timed out{peer}")));
         }
         if self.state == State::Connecting {
             match sockaddr::connect_result(fd) {
@@ -321,16 +359,23 @@ impl TlsSocket {
         self.error = Some(failure.reason);
     }
 
+    /// Whether a connect is under way (resolving, TCP or the handshake).
+    pub fn connecting(&self) -> bool {
+        matches!(self.state, State::Resolving | State::Connecting | State::Handshaking)
+    }
+
     /// The instant a pending connect or handshake times out.
     pub fn deadline(&self) -> Option<Instant> {
-        match self.state {
-            State::Connecting | State::Handshaking => self.deadline,
-            _ => None,
+        if self.connecting() {
+            self.deadline
+        } else {
+            None
         }
     }
 
     /// What the kernel socket must become for the connect or handshake to
-    /// go on (poll events).
+    /// go on (poll events); nothing while the name is being resolved, when
+    /// waits check back every [`RESOLVING_RECHECK`].
     pub fn connect_wants(&self) -> i16 {
         match self.state {
             State::Connecting => POLLOUT,
@@ -422,7 +467,7 @@ impl TlsSocket {
     pub fn read(&mut self, fd: c_int, bufs: &mut [&mut [u8]], peek: bool) -> Progress {
         match self.state {
             State::Created | State::Failed => return Progress::Failed(Errno::ENOTCONN),
-            State::Connecting | State::Handshaking => {
+            State::Resolving | State::Connecting | State::Handshaking => {
                 self.progress(fd);
                 match self.state {
                     State::Established => {}
@@ -473,7 +518,7 @@ impl TlsSocket {
         match self.state {
             State::Created => return Progress::Failed(Errno::ENOTCONN),
             State::Failed => return Progress::Failed(self.pending_error.take().unwrap_or(Errno::ENOTCONN)),
-            State::Connecting | State::Handshaking => {
+            State::Resolving | State::Connecting | State::Handshaking => {
                 self.progress(fd);
                 match self.state {
                     State::Established => {}
@@ -571,7 +616,7 @@ impl TlsSocket {
     pub fn poll_interest(&mut self, app: i16) -> (i16, i16) {
         match self.state {
             State::Created => (app, 0),
-            State::Connecting | State::Handshaking => (self.connect_wants(), 0),
+            State::Resolving | State::Connecting | State::Handshaking => (self.connect_wants(), 0),
             State::Established => {
                 let ready = if app & POLLIN != 0 && self.readable_now() { POLLIN } else { 0 };
                 let mut kernel = app & !POLLOUT;
@@ -594,7 +639,7 @@ impl TlsSocket {
         let before = self.state;
         match before {
             State::Created => return revents,
-            State::Connecting | State::Handshaking => {
+            State::Resolving | State::Connecting | State::Handshaking => {
                 if revents != 0 || self.deadline.is_some_and(|d| Instant::now() >= d) {
                     self.progress(fd);
                 }
@@ -632,6 +677,10 @@ impl TlsSocket {
         ready
     }
 }
+
+/// How often a wait looks again at a socket whose name is being resolved
+/// (the resolver thread has no descriptor to wake it with).
+pub const RESOLVING_RECHECK: Duration = Duration::from_millis(10);
 
 /// How long close() and shutdown() wait for the kernel to take the last
 /// records (close_notify included) when its send buffer is full.
@@ -765,7 +814,7 @@ mod tests {
     /// Drives a connect to its end, as a blocking connect() does.
     fn finish(socket: &mut TlsSocket, fd: c_int) {
         let until = Instant::now() + Duration::from_secs(20);
-        while matches!(socket.state, State::Connecting | State::Handshaking) {
+        while socket.connecting() {
             assert!(Instant::now() < until, "connect did not finish");
             let mut wait = libc::pollfd { fd, events: socket.connect_wants(), revents: 0 };
             // SAFETY: one valid pollfd.

@@ -9,8 +9,8 @@ use std::ffi::c_int;
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
-use tls_engine::destination::Destination;
-use tls_engine::errno::Errno;
+use tls_engine::destination::{self, Destination};
+use tls_engine::errno::{Errno, Failure};
 
 use crate::conn::{Progress, State};
 use crate::table::{self, Handle};
@@ -57,11 +57,19 @@ pub fn connect(handle: &Handle, fd: c_int, destination: &Destination) -> Result<
         let mut socket = table::lock(handle);
         match socket.state {
             State::Established => return Err(Errno::EISCONN),
-            State::Connecting | State::Handshaking => return Err(Errno::EALREADY),
+            State::Resolving | State::Connecting | State::Handshaking => return Err(Errno::EALREADY),
             // A failure a non-blocking connect has not reported yet is the
             // answer to this connect, as for TCP.
             State::Failed if socket.pending_error_set() => return Err(socket.take_pending_error().expect("set")),
             State::Created | State::Failed => {}
+        }
+        if destination.needs_resolution() && nonblocking(fd) {
+            // The system resolver blocks: a non-blocking connect must not.
+            socket.start_resolving();
+            drop(socket);
+            resolve_in_background(handle.clone(), fd, destination.clone());
+            readiness::resync(fd, handle);
+            return Err(Errno(libc::EINPROGRESS as u32));
         }
         socket.start_connect(fd, destination).map_err(|failure| failure.errno)?;
         // Gets the ClientHello out early. Whatever happens next, even a
@@ -76,6 +84,36 @@ pub fn connect(handle: &Handle, fd: c_int, destination: &Destination) -> Result<
     finish_connect(handle, fd)
 }
 
+/// Resolves `destination` on a thread of its own, then connects `fd` if it
+/// is still this socket's descriptor (it may have been closed, even reused,
+/// meanwhile; holding the socket's lock keeps close() from finishing while
+/// this looks and connects).
+fn resolve_in_background(handle: Handle, fd: c_int, destination: Destination) {
+    let (context, server_name) = table::lock(&handle).resolver_inputs();
+    let work = {
+        let handle = handle.clone();
+        move || {
+            let result = destination::resolve(context.policy(), &destination, server_name.as_deref());
+            {
+                let mut socket = table::lock(&handle);
+                let still_ours = table::lookup(fd).is_some_and(|current| std::sync::Arc::ptr_eq(&current, &handle));
+                if !still_ours {
+                    return;
+                }
+                socket.resolved(fd, &destination, result);
+                socket.progress(fd);
+            }
+            readiness::resync(fd, &handle);
+        }
+    };
+    if std::thread::Builder::new().name("ipprototls-resolve".into()).spawn(work).is_err() {
+        // Reported like any failure of a non-blocking connect (POLLERR,
+        // SO_ERROR); with an error result, the destination goes unused.
+        let failure = Failure::new(Errno::EAGAIN, "cannot start a thread to resolve the name");
+        table::lock(&handle).resolved(fd, &Destination::Address(([0, 0, 0, 0], 0).into()), Err(failure));
+    }
+}
+
 /// Waits for a connect in progress to end.
 fn finish_connect(handle: &Handle, fd: c_int) -> Result<(), Errno> {
     loop {
@@ -86,9 +124,16 @@ fn finish_connect(handle: &Handle, fd: c_int) -> Result<(), Errno> {
                 State::Established => return Ok(()),
                 State::Failed => return Err(socket.take_pending_error().unwrap_or(Errno::ECONNREFUSED)),
                 State::Created => return Err(Errno::ENOTCONN),
+                // Blocking connects resolve in connect() itself; a socket
+                // still resolving was started non-blocking by another call.
+                State::Resolving => (0, None),
                 State::Connecting | State::Handshaking => (socket.connect_wants(), socket.deadline()),
             }
         };
+        if wants == 0 {
+            std::thread::sleep(crate::conn::RESOLVING_RECHECK);
+            continue;
+        }
         match wait_for(fd, wants, deadline) {
             // The deadline passed: progress() turns that into ETIMEDOUT.
             Ok(()) | Err(Errno::EAGAIN) => {}
@@ -108,11 +153,11 @@ pub fn read(handle: &Handle, fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) ->
     let wanted: usize = bufs.iter().map(|b| b.len()).sum();
     let mut filled = 0;
     loop {
-        let (progress, pending_output, connecting) = {
+        let (progress, pending_output, connecting, resolving) = {
             let mut socket = table::lock(handle);
             let rest = &mut advance_mut(bufs, filled);
             let progress = socket.read(fd, rest, peek);
-            (progress, socket.pending_output(), socket.connect_wants())
+            (progress, socket.pending_output(), socket.connect_wants(), socket.state == State::Resolving)
         };
         match progress {
             Progress::Done(0) => return Ok(filled),
@@ -130,7 +175,10 @@ pub fn read(handle: &Handle, fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) ->
         if dont_wait || nonblocking(fd) {
             return if filled > 0 { Ok(filled) } else { Err(Errno::EAGAIN) };
         }
-        let waited = if connecting != 0 {
+        let waited = if resolving {
+            std::thread::sleep(crate::conn::RESOLVING_RECHECK);
+            Ok(())
+        } else if connecting != 0 {
             wait_for(fd, connecting, None)
         } else if pending_output {
             let until = socket_timeout(fd, libc::SO_RCVTIMEO).map(|t| Instant::now() + t);
@@ -171,10 +219,10 @@ pub fn write(handle: &Handle, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> 
     let until = || socket_timeout(fd, libc::SO_SNDTIMEO).map(|t| Instant::now() + t);
     let mut sent = 0;
     loop {
-        let (progress, connecting) = {
+        let (progress, connecting, resolving) = {
             let mut socket = table::lock(handle);
             let progress = socket.write(fd, &advance(bufs, sent));
-            (progress, socket.connect_wants())
+            (progress, socket.connect_wants(), socket.state == State::Resolving)
         };
         match progress {
             Progress::Done(n) => {
@@ -191,6 +239,10 @@ pub fn write(handle: &Handle, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> 
             Progress::Failed(errno) => return if sent > 0 { Ok(sent) } else { Err(errno) },
             Progress::WouldBlock if dont_wait => return if sent > 0 { Ok(sent) } else { Err(Errno::EAGAIN) },
             Progress::WouldBlock => {}
+        }
+        if resolving {
+            std::thread::sleep(crate::conn::RESOLVING_RECHECK);
+            continue;
         }
         let events = if connecting != 0 { connecting } else { libc::POLLOUT };
         if let Err(errno) = wait_for(fd, events, if connecting != 0 { None } else { until() }) {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use libc::{epoll_event, pollfd};
 
-use crate::conn::State;
+use crate::conn::{State, RESOLVING_RECHECK};
 use crate::table::{self, Handle};
 use crate::real;
 
@@ -92,8 +92,14 @@ pub fn poll(fds: &mut [pollfd], timeout_ms: c_int, kernel_poll: KernelPoll<'_>) 
             let mut socket = table::lock(&w.handle);
             let (events, ready) = socket.poll_interest(w.app);
             kernel[w.index].events = events;
+            // An unconnected TCP socket polls POLLHUP whatever is asked:
+            // while its name is resolved, leave it out (poll skips fd -1).
+            kernel[w.index].fd = if socket.state == State::Resolving { -1 } else { w.fd };
             ready_now |= ready != 0;
             wake_by = earliest(wake_by, socket.deadline());
+            if socket.state == State::Resolving {
+                wake_by = earliest(wake_by, Some(Instant::now() + RESOLVING_RECHECK));
+            }
         }
         let wait = if ready_now { 0 } else { millis_until(wake_by) };
         let n = kernel_poll(&mut kernel, wait);
@@ -235,7 +241,13 @@ fn kernel_interest(handle: &Handle, app: u32, disarmed: bool) -> (u32, i16) {
     }
     let mut socket = table::lock(handle);
     let (events, ready) = socket.poll_interest(app as u16 as i16);
-    let flags = if socket.state == State::Established { app & FLAG_BITS } else { 0 };
+    let flags = match socket.state {
+        State::Established => app & FLAG_BITS,
+        // An unconnected TCP socket reports EPOLLHUP whatever is asked:
+        // one-shot, it says so once and then stays quiet until connecting.
+        State::Resolving => libc::EPOLLONESHOT as u32,
+        _ => 0,
+    };
     (u32::from(events as u16) | flags, ready)
 }
 
@@ -371,7 +383,11 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout_ms
             if ready != 0 {
                 ready_now.push((*fd, ready));
             }
-            wake_by = earliest(wake_by, table::lock(&handle).deadline());
+            let socket = table::lock(&handle);
+            wake_by = earliest(wake_by, socket.deadline());
+            if socket.state == State::Resolving {
+                wake_by = earliest(wake_by, Some(Instant::now() + RESOLVING_RECHECK));
+            }
         }
         let wait = if ready_now.is_empty() { millis_until(wake_by) } else { 0 };
         // SAFETY: the caller's buffer and mask.
@@ -396,14 +412,18 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout_ms
                     .or_else(|| registry().get(&epfd).and_then(|set| set.get(&fd)).copied());
                 match (found, table::lookup(fd)) {
                     (Some(registration), Some(handle)) => {
-                        let ready =
-                            table::lock(&handle).poll_complete(fd, registration.app as u16 as i16, event.events as u16 as i16);
+                        let (ready, established) = {
+                            let mut socket = table::lock(&handle);
+                            let ready = socket.poll_complete(fd, registration.app as u16 as i16, event.events as u16 as i16);
+                            (ready, socket.state == State::Established)
+                        };
                         reported.push(fd);
                         if ready == 0 {
-                            // Nothing for the program (a session ticket): a
-                            // one-shot registration the kernel just disarmed
-                            // must wait on.
-                            if registration.kernel & libc::EPOLLONESHOT as u32 != 0 {
+                            // Nothing for the program (a session ticket): the
+                            // program's one-shot registration, which the
+                            // kernel just disarmed, must wait on.
+                            let app_one_shot = registration.app & libc::EPOLLONESHOT as u32 != 0;
+                            if established && app_one_shot && !registration.disarmed {
                                 kernel_ctl(epfd, libc::EPOLL_CTL_MOD, fd, registration.kernel);
                             }
                             None

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -167,6 +168,43 @@ int main(int argc, char **argv)
 	check(shutdown(fd, SHUT_WR) == 0, "shutdown(SHUT_WR) after the peer's close_notify");
 	errno = 0;
 	check(send(fd, "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "then a send is EPIPE (SIGPIPE without MSG_NOSIGNAL)");
+	close(fd);
+
+	/* Non-blocking connects by name: the name is resolved off the
+	 * caller's thread; poll and epoll see the end of it all. */
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, IPPROTO_TLS);
+	errno = 0;
+	check(connect(fd, (struct sockaddr *)&host, sizeof(host)) < 0 && errno == EINPROGRESS,
+	      "non-blocking connect to AF_HOSTNAME localhost: EINPROGRESS");
+	p = (struct pollfd){ .fd = fd, .events = POLLOUT };
+	check(poll(&p, 1, 10000) == 1 && p.revents == POLLOUT, "poll: POLLOUT once resolved, connected and handshaken");
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	check(fetch(fd, fd), "and the page");
+	close(fd);
+
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, IPPROTO_TLS);
+	int ep = epoll_create1(0);
+	struct epoll_event ev = { .events = EPOLLOUT, .data.u64 = 7 }, got = { 0 };
+	check(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll_ctl ADD before connecting");
+	errno = 0;
+	check(connect(fd, (struct sockaddr *)&host, sizeof(host)) < 0 && errno == EINPROGRESS, "EINPROGRESS");
+	check(epoll_wait(ep, &got, 1, 10000) == 1 && got.events == EPOLLOUT && got.data.u64 == 7,
+	      "epoll: EPOLLOUT once resolved, connected and handshaken");
+	close(ep);
+	close(fd);
+
+	/* The policy denies port 9 (tests/run): found after resolving, so
+	 * reported as a non-blocking connect's failure. */
+	struct sockaddr_host denied = host;
+	denied.sh_port = htons(9);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, IPPROTO_TLS);
+	errno = 0;
+	check(connect(fd, (struct sockaddr *)&denied, sizeof(denied)) < 0 && errno == EINPROGRESS, "EINPROGRESS");
+	p = (struct pollfd){ .fd = fd, .events = POLLOUT };
+	int error = 0;
+	len = sizeof(error);
+	check(poll(&p, 1, 10000) == 1 && (p.revents & POLLERR) && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) == 0 &&
+	      error == EACCES, "a denied name: POLLERR and SO_ERROR EACCES");
 	close(fd);
 
 	fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
