@@ -153,12 +153,16 @@ pub fn read(handle: &Handle, fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) ->
     let wanted: usize = bufs.iter().map(|b| b.len()).sum();
     let mut filled = 0;
     loop {
-        let (progress, pending_output, connecting, resolving) = {
+        let (progress, pending_output, connecting, resolving, changed) = {
             let mut socket = table::lock(handle);
+            let before = socket.state;
             let rest = &mut advance_mut(bufs, filled);
             let progress = socket.read(fd, rest, peek);
-            (progress, socket.pending_output(), socket.connect_wants(), socket.state == State::Resolving)
+            (progress, socket.pending_output(), socket.connect_wants(), socket.state == State::Resolving, socket.state != before)
         };
+        if changed {
+            readiness::resync(fd, handle);
+        }
         match progress {
             Progress::Done(0) => return Ok(filled),
             Progress::Done(n) => {
@@ -219,11 +223,15 @@ pub fn write(handle: &Handle, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> 
     let until = || socket_timeout(fd, libc::SO_SNDTIMEO).map(|t| Instant::now() + t);
     let mut sent = 0;
     loop {
-        let (progress, connecting, resolving) = {
+        let (progress, connecting, resolving, changed) = {
             let mut socket = table::lock(handle);
+            let before = socket.state;
             let progress = socket.write(fd, &advance(bufs, sent));
-            (progress, socket.connect_wants(), socket.state == State::Resolving)
+            (progress, socket.connect_wants(), socket.state == State::Resolving, socket.state != before)
         };
+        if changed {
+            readiness::resync(fd, handle);
+        }
         match progress {
             Progress::Done(n) => {
                 sent += n;

@@ -111,7 +111,16 @@ pub fn poll(fds: &mut [pollfd], timeout_ms: c_int, kernel_poll: KernelPoll<'_>) 
         }
         for w in &watched {
             let revents = kernel[w.index].revents;
-            fds[w.index].revents = table::lock(&w.handle).poll_complete(w.fd, w.app, revents);
+            let changed = {
+                let mut socket = table::lock(&w.handle);
+                let before = socket.state;
+                fds[w.index].revents = socket.poll_complete(w.fd, w.app, revents);
+                socket.state != before
+            };
+            if changed {
+                // For a thread waiting in epoll_wait on the same socket.
+                resync(w.fd, &w.handle);
+            }
         }
         let count = fds.iter().filter(|p| p.revents != 0).count() as c_int;
         if count > 0 || until.is_some_and(|u| Instant::now() >= u) {
@@ -320,9 +329,9 @@ pub fn forget_descriptor(fd: c_int, last_of_socket: bool) {
     }
 }
 
-/// `fd`'s socket changed state outside a wait (connect started): brings
-/// the kernel's interest in line now, for a thread already waiting in
-/// epoll_wait with the old interest.
+/// `fd`'s socket changed state outside this module's epoll_wait (a connect
+/// started, a handshake finished in a read): brings the kernel's interest
+/// in line now, for a thread already waiting in epoll_wait with the old one.
 pub fn resync(fd: c_int, handle: &Handle) {
     if REGISTERED.load(Ordering::Acquire) == 0 {
         return;
