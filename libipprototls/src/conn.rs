@@ -1,10 +1,11 @@
 //! One IPPROTO_TLS socket: the program's descriptor is a real kernel TCP
 //! socket, and this is the TLS state that goes with it.
 //!
-//! Nothing here blocks: every call does what the kernel socket allows right
-//! now (`MSG_DONTWAIT`) and says whether it would have to wait. Waiting is
-//! the caller's ([`crate::io`]), with this socket's lock released, so that
-//! one thread blocked reading never stops another from writing.
+//! Nothing here waits (but for close_notify's bounded linger at close):
+//! every call does what the kernel socket allows right now (`MSG_DONTWAIT`)
+//! and says whether it would have to wait. Waiting is the caller's
+//! ([`crate::io`], [`crate::readiness`]), with this socket's lock released,
+//! so that one thread blocked reading never stops another from writing.
 
 use std::collections::VecDeque;
 use std::ffi::c_int;
