@@ -11,8 +11,8 @@
 //!   record): that is not POLLIN, so they are decrypted here to know.
 //!
 //! So for a TLS descriptor the kernel is asked for what the TLS state
-//! needs ([`TlsSocket::poll_interest`]), and what it reports is turned into
-//! what the program sees ([`TlsSocket::poll_complete`]). Waits that end with
+//! needs ([`crate::conn::TlsSocket::poll_interest`]), and what it reports is turned into
+//! what the program sees ([`crate::conn::TlsSocket::poll_complete`]). Waits that end with
 //! nothing to report go on until the program's timeout.
 
 use std::collections::HashMap;
