@@ -10,6 +10,7 @@
 
 pub mod destination;
 pub mod errno;
+pub mod getopt;
 pub mod options;
 pub mod policy;
 pub mod tls;

@@ -13,6 +13,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tls_engine::destination::{self, Destination};
 use tls_engine::errno::{Errno, Failure};
+use tls_engine::getopt::{option_value, SocketState};
 use tls_engine::options::{parse_hostname, Phase as OptionPhase};
 use tls_engine::tls::{ClientContext, ServerContext};
 use tls_engine::Policy;
@@ -459,38 +460,15 @@ impl Device {
         let request = wire::GetOptRequest::decode(payload).ok_or(Errno::EINVAL)?;
         let policy = self.context.policy().clone();
         let socket = Self::open_socket(&mut self.sockets, id)?;
-        let optname = request.optname;
-        let (value, integer) = match optname {
-            wire::TLS_ERROR => (socket.error.clone().unwrap_or_default().into_bytes(), false),
-            wire::TLS_ID => (u64::from(id).to_le_bytes().to_vec(), true),
-            // On an accepted connection: the name the client asked for.
-            wire::TLS_HOSTNAME if socket.peer_addr.is_some() => {
-                (socket.requested_server_name().unwrap_or_default().as_bytes().to_vec(), false)
-            }
-            wire::TLS_CHOSEN_VERSION
-            | wire::TLS_CHOSEN_CIPHER
-            | wire::TLS_PEER_IDENTITY
-            | wire::TLS_PEER_CERTIFICATE_CHAIN
-            | wire::TLS_RESUMED_SESSION => {
-                let value = socket.info.get(optname).ok_or(Errno::ENOTCONN)?;
-                (value, matches!(optname, wire::TLS_CHOSEN_VERSION | wire::TLS_RESUMED_SESSION))
-            }
-            // After the handshake, the protocol agreed on; before, the list.
-            wire::TLS_ALPN if socket.info.version.is_some() => (socket.info.get(optname).unwrap_or_default(), false),
-            _ => {
-                let value = socket.options.get(&policy, optname).ok_or(Errno::ENOPROTOOPT)?;
-                (value, !matches!(optname, wire::TLS_HOSTNAME | wire::TLS_ALPN))
-            }
+        let accepted_for_name = socket.peer_addr.map(|_| socket.requested_server_name().unwrap_or_default());
+        let state = SocketState {
+            id: u64::from(id),
+            options: &socket.options,
+            info: &socket.info,
+            error: socket.error.as_deref(),
+            accepted_for_name,
         };
-        let room = request.max_len as usize;
-        if value.len() <= room {
-            Ok(value)
-        } else if integer {
-            Err(Errno::EINVAL)
-        } else {
-            // Strings are cut to the caller's buffer, as getsockopt does.
-            Ok(value[..room].to_vec())
-        }
+        option_value(&policy, &state, request.optname, request.max_len as usize)
     }
 
     fn connect(&mut self, id: u32, request_id: u64, payload: &[u8]) -> Result<(), Errno> {
