@@ -154,7 +154,12 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    if table::lookup(fd).is_some() {
+    if let Some(handle) = table::lookup(fd) {
+        // As TCP (and the guest driver): a connecting or connected socket
+        // cannot listen.
+        if table::lock(&handle).state != crate::conn::State::Created {
+            return fail(Errno::EINVAL);
+        }
         // The server side is not offered yet; a listening TCP socket would
         // accept plaintext connections.
         return fail(Errno::EOPNOTSUPP);

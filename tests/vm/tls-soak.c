@@ -102,8 +102,35 @@ int main(int argc, char **argv)
 			_exit(0);
 		}
 	}
-	for (int w = 0; w < workers; w++)
-		wait(NULL);
+	/* Progress every 30 s, with the guest's free memory: a hang or a leak
+	 * shows here before the launcher's timeout. */
+	int running = workers;
+	time_t next_report = time(NULL) + 30;
+	while (running > 0) {
+		if (waitpid(-1, NULL, WNOHANG) > 0) {
+			running--;
+			continue;
+		}
+		if (time(NULL) >= next_report) {
+			unsigned long done = 0, errors = 0;
+			for (int w = 0; w < workers; w++) {
+				done += tallies[w].connections;
+				errors += tallies[w].errors;
+			}
+			long free_kib = -1;
+			FILE *meminfo = fopen("/proc/meminfo", "r");
+			char line[128];
+			while (meminfo && fgets(line, sizeof(line), meminfo))
+				if (sscanf(line, "MemAvailable: %ld kB", &free_kib) == 1)
+					break;
+			if (meminfo)
+				fclose(meminfo);
+			printf("tls-soak: progress connections %lu errors %lu guest MemAvailable %ld KiB\n", done, errors, free_kib);
+			fflush(stdout);
+			next_report += 30;
+		}
+		usleep(200000);
+	}
 	struct tally sum = { 0 };
 	for (int w = 0; w < workers; w++) {
 		sum.connections += tallies[w].connections;
