@@ -10,6 +10,7 @@ pub mod control;
 pub mod device;
 pub mod listener;
 pub mod queues;
+pub mod sandbox;
 pub mod server;
 pub mod socket;
 pub mod telemetry;

@@ -46,7 +46,7 @@ pub(super) struct SourceFile {
     /// Relative paths in this file resolve against this directory.
     pub(super) base_dir: PathBuf,
     /// Canonical path, to recognize a file included twice in one chain.
-    canonical: Option<PathBuf>,
+    pub(super) canonical: Option<PathBuf>,
 }
 
 impl SourceFile {
