@@ -149,7 +149,13 @@ fn main() -> ExitCode {
             raise_fd_limit();
             let mut socket_dirs = vec![sandbox::parent_dir(&socket_path)];
             socket_dirs.extend(control_socket.as_deref().map(sandbox::parent_dir));
-            let sandbox = SandboxPlan { mode, user, policy_dirs: sandbox::policy_dirs(&policy_path, &policy), socket_dirs };
+            let sandbox = SandboxPlan {
+                mode,
+                user,
+                policy_dirs: sandbox::policy_dirs(&policy_path, &policy),
+                socket_dirs,
+                keep_net_bind_service: sandbox::maps_privileged_ports(&policy),
+            };
             let options = ServeOptions { policy_path, control_socket, audit_log, sandbox };
             match serve(socket_path, policy, queue_pairs, options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,9 @@ pub struct SandboxPlan {
     /// Directories in which the backend may remove files: those of its
     /// vhost-user and control sockets, which it removes at exit.
     pub socket_dirs: Vec<PathBuf>,
+    /// Keep CAP_NET_BIND_SERVICE (when the process has it): the policy maps
+    /// a guest port to a privileged host port, bound when the guest listens.
+    pub keep_net_bind_service: bool,
 }
 
 /// What [`confine`] did, for the log line and for `strict`.
@@ -164,12 +167,13 @@ pub fn confine(plan: &SandboxPlan) -> Result<SandboxReport, SandboxError> {
     // policy's directories may be out of the unprivileged user's reach.
     let target = if is_root() { Some(lookup_user(plan.user.as_deref().unwrap_or(DEFAULT_USER))?) } else { None };
     let ruleset = landlock_ruleset(plan)?;
+    let kept = kept_capabilities(plan);
     // While CAP_SETPCAP is still there: switching users clears it.
-    drop_bounding_set()?;
+    drop_bounding_set(&kept)?;
     if let Some((uid, gid)) = target {
-        switch_user(uid, gid)?;
+        switch_user(uid, gid, !kept.is_empty())?;
     }
-    drop_capabilities()?;
+    drop_capabilities(&kept)?;
     set_no_new_privs()?;
     let status = ruleset.restrict_self()?;
     tracing::debug!(?status, "Landlock");
@@ -193,7 +197,9 @@ pub fn confine(plan: &SandboxPlan) -> Result<SandboxReport, SandboxError> {
     install_seccomp(plan.mode)?;
     let report = SandboxReport { switched_to: target, landlock, seccomp: true };
     tracing::info!(
-        user = ?report.switched_to,
+        uid = report.switched_to.map(|(uid, _)| uid),
+        gid = report.switched_to.map(|(_, gid)| gid),
+        capabilities = ?kept,
         landlock = ?report.landlock,
         seccomp = if plan.mode == SandboxMode::Log { "log" } else { "kill" },
         "sandbox on"
@@ -231,16 +237,22 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
 }
 
 /// Switches every id (real, effective, saved) to `uid`/`gid` and leaves
-/// only `gid` as a group. Single-threaded callers only: these calls act on
-/// the calling thread (glibc does broadcast them, but nothing else runs).
-fn switch_user(uid: u32, gid: u32) -> Result<(), SandboxError> {
+/// only `gid` as a group; with `keep_capabilities`, the permitted set
+/// survives the switch for [`drop_capabilities`] to trim. Single-threaded
+/// callers only: these calls act on the calling thread (glibc does
+/// broadcast them, but nothing else runs).
+fn switch_user(uid: u32, gid: u32, keep_capabilities: bool) -> Result<(), SandboxError> {
     let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(SandboxError::Privileges(io::Error::last_os_error())) };
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(keep_capabilities), 0, 0, 0) })?;
     // SAFETY: setgroups reads one gid_t from a live local.
     check(unsafe { libc::setgroups(1, &gid) })?;
     // SAFETY: plain system calls on integers.
     check(unsafe { libc::setresgid(gid, gid, gid) })?;
     // SAFETY: as above.
     check(unsafe { libc::setresuid(uid, uid, uid) })?;
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) })?;
     // Root cannot come back: setuid(0) must now fail.
     // SAFETY: as above.
     if uid != 0 && unsafe { libc::setuid(0) } == 0 {
@@ -249,31 +261,51 @@ fn switch_user(uid: u32, gid: u32) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// The capabilities the backend keeps: CAP_NET_BIND_SERVICE when the plan
+/// asks for it and the process has it (root, or given it by a service
+/// manager); none otherwise.
+fn kept_capabilities(plan: &SandboxPlan) -> caps::CapsHashSet {
+    use caps::{CapSet, Capability};
+    let mut kept = caps::CapsHashSet::new();
+    if plan.keep_net_bind_service
+        && caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_BIND_SERVICE).unwrap_or(false)
+    {
+        kept.insert(Capability::CAP_NET_BIND_SERVICE);
+    }
+    kept
+}
+
 fn capability_error(error: caps::errors::CapsError) -> SandboxError {
     SandboxError::Privileges(io::Error::other(error.to_string()))
 }
 
-/// Empties the bounding set, so no exec could regain a capability. It can
-/// only shrink with CAP_SETPCAP; without it, there is nothing to regain
-/// anyway (no_new_privs follows).
-fn drop_bounding_set() -> Result<(), SandboxError> {
+/// Shrinks the bounding set to `kept`, so no exec could regain anything
+/// else. It can only shrink with CAP_SETPCAP; without it, there is nothing
+/// to regain anyway (no_new_privs follows).
+fn drop_bounding_set(kept: &caps::CapsHashSet) -> Result<(), SandboxError> {
     use caps::{CapSet, Capability};
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-        caps::clear(None, CapSet::Bounding).map_err(capability_error)?;
+        for capability in caps::read(None, CapSet::Bounding).map_err(capability_error)? {
+            if !kept.contains(&capability) {
+                caps::drop(None, CapSet::Bounding, capability).map_err(capability_error)?;
+            }
+        }
     }
     Ok(())
 }
 
-/// Clears every other capability set: started by root, or given
-/// capabilities by a service manager, the backend needs none of them.
-fn drop_capabilities() -> Result<(), SandboxError> {
+/// Leaves `kept` (permitted and effective) and nothing else: started by
+/// root, or given capabilities by a service manager, the backend needs no
+/// other.
+fn drop_capabilities(kept: &caps::CapsHashSet) -> Result<(), SandboxError> {
     use caps::CapSet;
     // Ambient capabilities exist since Linux 4.3; where they do not, there
     // are none to clear.
     let _ = caps::clear(None, CapSet::Ambient);
-    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        caps::clear(None, set).map_err(capability_error)?;
-    }
+    caps::clear(None, CapSet::Inheritable).map_err(capability_error)?;
+    // Effective first: it must stay a subset of permitted.
+    caps::set(None, CapSet::Effective, kept).map_err(capability_error)?;
+    caps::set(None, CapSet::Permitted, kept).map_err(capability_error)?;
     Ok(())
 }
 
@@ -458,3 +490,14 @@ const ALWAYS_ALLOWED: &[i64] = &[
     #[cfg(target_arch = "x86_64")]
     libc::SYS_unlink,
 ];
+
+/// Whether the policy maps a guest port to a host port below
+/// `net.ipv4.ip_unprivileged_port_start` (1024 unless changed): binding it
+/// when the guest listens needs CAP_NET_BIND_SERVICE.
+pub fn maps_privileged_ports(policy: &tls_engine::Policy) -> bool {
+    let first_unprivileged = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
+    policy.server.listen.iter().any(|mapping| mapping.host.port() != 0 && mapping.host.port() < first_unprivileged)
+}

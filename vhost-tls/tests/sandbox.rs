@@ -219,7 +219,13 @@ fn a_confined_process_cannot_open_write_or_exec() {
 fn confined_child(dir: &Path) -> ! {
     use std::io::Write;
     use vhost_tls::sandbox::{confine, SandboxMode, SandboxPlan};
-    let plan = SandboxPlan { mode: SandboxMode::Strict, user: None, policy_dirs: vec![dir.to_owned()], socket_dirs: vec![] };
+    let plan = SandboxPlan {
+        mode: SandboxMode::Strict,
+        user: None,
+        policy_dirs: vec![dir.to_owned()],
+        socket_dirs: vec![],
+        keep_net_bind_service: false,
+    };
     confine(&plan).expect("confine");
     let outcome = |result: std::io::Result<String>| match result {
         Ok(what) => what,
@@ -237,4 +243,82 @@ fn confined_child(dir: &Path) -> ! {
     let error = std::os::unix::process::CommandExt::exec(&mut Command::new("/bin/true"));
     println!("exec returned: {error}");
     std::process::exit(0);
+}
+
+/// A free TCP port below 1024 on 127.0.0.1 (binding it proves the tests
+/// may), or `None` when there is none or the tests cannot bind one.
+fn free_privileged_port() -> Option<u16> {
+    (900..1000).rev().find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+}
+
+/// A guest port mapped to a privileged host port: the backend keeps
+/// CAP_NET_BIND_SERVICE, and only it, to bind it when the guest listens;
+/// a client completes a handshake with the key read before the sandbox
+/// closed.
+#[test]
+fn a_privileged_host_port_keeps_only_net_bind_service() {
+    use std::io::{Read, Write};
+    use vhost_tls_harness::driver::TlsDevice;
+    use vhost_tls_harness::pki::{TestCa, Validity};
+    use virtio_tls_spec::{self as wire, SockAddr};
+    if common::sandbox_user_ids().is_none() {
+        // Not root: no CAP_NET_BIND_SERVICE to keep (nor a port to bind).
+        return;
+    }
+    let port = free_privileged_port().expect("a free port below 1024 on 127.0.0.1");
+    let ca = TestCa::new("vhost-tls sandbox CA");
+    let dir = common::backend_dir();
+    ca.issue(&["localhost"], Validity::Current).write_to(dir.path(), "www").unwrap();
+    let policy = format!(
+        "[[server.listen]]\nguest_port = 443\nhost = \"127.0.0.1:{port}\"\n\n[[server.identities]]\ncertificate_chain = \"www.pem\"\nprivate_key = \"www.key\"\n"
+    );
+    std::fs::write(dir.path().join("vm1.toml"), policy).unwrap();
+    let child = vhost_tls()
+        .args(["serve", "--socket-path"])
+        .arg(dir.path().join("vhost.sock"))
+        .arg("--policy")
+        .arg(dir.path().join("vm1.toml"))
+        .arg("--control-socket")
+        .arg(dir.path().join("control.sock"))
+        .spawn()
+        .unwrap();
+    let serving = Serving { dir, child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !serving.path("control.sock").exists() {
+        assert!(Instant::now() < deadline, "the control socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(serving.status("Seccomp"), ["2"]);
+    // CAP_NET_BIND_SERVICE is capability 10.
+    let net_bind_service = format!("{:016x}", 1u64 << 10);
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(serving.status(set), [net_bind_service.clone()], "{set}");
+    }
+    assert_eq!(serving.status("CapInh"), ["0000000000000000"]);
+    assert_eq!(serving.status("CapAmb"), ["0000000000000000"]);
+
+    let mut device = TlsDevice::attach(&serving.path("vhost.sock"), 4).unwrap();
+    let listener = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.bind(listener, SockAddr::ipv4([0; 4], 443)).unwrap();
+    device.listen(listener, 8).unwrap();
+    let client = std::thread::spawn(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connection = rustls::ClientConnection::new(config.into(), "localhost".try_into().unwrap()).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        tls.write_all(b"ping").unwrap();
+        let mut answer = [0u8; 4];
+        tls.read_exact(&mut answer).unwrap();
+        answer
+    });
+    let (accepted, _peer) = device.accept(listener, Duration::from_secs(30)).unwrap();
+    assert_eq!(device.read_exact(accepted, 4, Duration::from_secs(30)).unwrap(), b"ping");
+    device.send_all(accepted, b"pong", Duration::from_secs(30)).unwrap();
+    assert_eq!(&client.join().unwrap(), b"pong");
 }
