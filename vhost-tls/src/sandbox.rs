@@ -102,6 +102,18 @@ pub enum SandboxError {
     SeccompRules(#[from] seccompiler::BackendError),
 }
 
+/// What a reload may read, once [`confine`] has run (see [`reload_hint`]).
+static RELOAD_SCOPE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// For a reload that could not read a file: why, when the sandbox is the
+/// likely cause (an empty string otherwise).
+pub fn reload_hint(error: &str) -> String {
+    match RELOAD_SCOPE.get() {
+        Some(scope) if error.contains("Permission denied") => format!(" ({scope})"),
+        _ => String::new(),
+    }
+}
+
 /// The user an unprivileged backend runs as when root starts it and no
 /// `--user` is given.
 pub const DEFAULT_USER: &str = "nobody";
@@ -194,6 +206,14 @@ pub fn confine(plan: &SandboxPlan) -> Result<SandboxReport, SandboxError> {
         ),
         LandlockOutcome::Full | LandlockOutcome::Off => {}
     }
+    // Before the filter: getuid is not on its list.
+    let readable: Vec<String> = plan.policy_dirs.iter().map(|dir| dir.display().to_string()).collect();
+    let _ = RELOAD_SCOPE.set(format!(
+        "the sandbox lets a reload read policy files only beneath {} as uid {} (docs/operator.md, \"The sandbox\")",
+        readable.join(", "),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        unsafe { libc::getuid() }
+    ));
     install_seccomp(plan.mode)?;
     let report = SandboxReport { switched_to: target, landlock, seccomp: true };
     tracing::info!(

@@ -37,14 +37,20 @@ impl Serving {
             .args(sandbox_args)
             .spawn()
             .unwrap();
-        let serving = Serving { dir, child };
+        Serving::confined(Serving { dir, child })
+    }
+
+    /// Waits until the backend is confined: both sockets are bound before
+    /// the sandbox closes, but the control socket is served only after, so
+    /// an answer to `ctl` means it is closed.
+    fn confined(serving: Serving) -> Serving {
         let deadline = Instant::now() + Duration::from_secs(20);
-        // The vhost-user socket is bound before the sandbox closes and the
-        // control socket served after: both there, the backend is confined.
         while !(serving.path("control.sock").exists() && serving.path("vhost.sock").exists()) {
             assert!(Instant::now() < deadline, "the sockets never appeared");
             std::thread::sleep(Duration::from_millis(10));
         }
+        let out = serving.ctl(&["metrics"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
         serving
     }
 
@@ -125,6 +131,8 @@ fn serve_confines_itself_by_default() {
     assert!(!out.status.success(), "a policy outside the sandbox was loaded: {}", text(&out.stdout));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("cannot read the policy: Permission denied"), "{stderr}");
+    let policy_dir = serving.dir.path().display().to_string();
+    assert!(stderr.contains(&format!("the sandbox lets a reload read policy files only beneath {policy_dir} as uid")), "{stderr}");
 
     // It exits cleanly on SIGTERM and still removes its sockets.
     let vhost_socket = serving.path("vhost.sock");
@@ -282,12 +290,7 @@ fn a_privileged_host_port_keeps_only_net_bind_service() {
         .arg(dir.path().join("control.sock"))
         .spawn()
         .unwrap();
-    let serving = Serving { dir, child };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !serving.path("control.sock").exists() {
-        assert!(Instant::now() < deadline, "the control socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let serving = Serving::confined(Serving { dir, child });
     assert_eq!(serving.status("Seccomp"), ["2"]);
     // CAP_NET_BIND_SERVICE is capability 10.
     let net_bind_service = format!("{:016x}", 1u64 << 10);
