@@ -400,7 +400,7 @@ fn allowed_syscalls() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
     // ioctl only for non-blocking mode and close-on-exec on descriptors
     // (std's set_nonblocking) and the bytes waiting on a socket.
     let ioctl_requests = [libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX, libc::FIONREAD];
-    rules.insert(libc::SYS_ioctl, one_of(1, &ioctl_requests.map(|r| r as u64))?);
+    rules.insert(libc::SYS_ioctl, one_of(1, &ioctl_requests)?);
     // prctl only to name threads (std does it for named threads).
     rules.insert(libc::SYS_prctl, one_of(0, &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64])?);
     Ok(rules)

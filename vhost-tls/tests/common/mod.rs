@@ -36,3 +36,14 @@ pub fn sandbox_user_ids() -> Option<(u32, u32)> {
     let entry = unsafe { &*entry };
     Some((entry.pw_uid, entry.pw_gid))
 }
+
+/// The kernel's Landlock ABI version, 0 when it has none.
+pub fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute, size 0 and the VERSION flag, the call
+    // only returns the ABI version (or fails); it touches no memory.
+    let abi = unsafe {
+        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<libc::c_void>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+    };
+    abi.max(0)
+}
