@@ -235,7 +235,7 @@ fn is_root() -> bool {
 /// `name`'s uid and primary gid (a number is taken as a uid).
 fn lookup_user(name: &str) -> Result<(u32, u32), SandboxError> {
     let c_name = CString::new(name).map_err(|_| SandboxError::NoSuchUser(name.to_owned()))?;
-    let mut entry: libc::passwd = unsafe_zeroed_passwd();
+    let mut entry: libc::passwd = zeroed_passwd();
     let mut buffer = vec![0 as libc::c_char; 16 * 1024];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is to a live local of the right type; buffer's
@@ -250,7 +250,7 @@ fn lookup_user(name: &str) -> Result<(u32, u32), SandboxError> {
     }
 }
 
-fn unsafe_zeroed_passwd() -> libc::passwd {
+fn zeroed_passwd() -> libc::passwd {
     // SAFETY: passwd is plain data (integers and pointers); all-zero is a
     // valid value, and getpwnam_r overwrites it before it is read.
     unsafe { std::mem::zeroed() }
