@@ -227,7 +227,7 @@ fn a_confined_process_cannot_open_write_or_exec() {
         .unwrap();
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
-    let mut expected = vec!["read allowed.txt: allowed", "exec /bin/true next"];
+    let mut expected = vec!["read allowed.txt: allowed", "resolve localhost: resolved", "resolve by DNS: ", "exec /bin/true next"];
     if common::landlock_abi() >= LANDLOCK_ABI {
         expected.extend(["read /etc/passwd: denied", "list /etc: denied", "create a file beside allowed.txt: denied", "write allowed.txt: denied"]);
     }
@@ -262,6 +262,16 @@ fn confined_child(dir: &Path) -> ! {
     println!("create a file beside allowed.txt: {}", outcome(std::fs::write(dir.join("new.txt"), "x").map(|_| "created".to_owned())));
     let append = std::fs::OpenOptions::new().append(true).open(dir.join("allowed.txt"));
     println!("write allowed.txt: {}", outcome(append.map(|_| "opened for writing".to_owned())));
+    // Host name resolution as the backend does it: getaddrinfo on a thread
+    // of its own, from /etc/hosts, then a name only DNS can answer (any
+    // answer will do, even none: the point is the process survives it).
+    let resolve = |name: &'static str| {
+        std::thread::spawn(move || std::net::ToSocketAddrs::to_socket_addrs(&(name, 443)).map(|addrs| addrs.count()))
+            .join()
+            .unwrap()
+    };
+    println!("resolve localhost: {}", outcome(resolve("localhost").map(|count| if count > 0 { "resolved" } else { "nothing" }.to_owned())));
+    println!("resolve by DNS: {}", outcome(resolve("vhost-tls-sandbox-test.invalid").map(|_| "answered".to_owned()).or_else(|e| Ok(format!("no address ({e})")))));
     println!("exec /bin/true next");
     std::io::stdout().flush().unwrap();
     let error = std::os::unix::process::CommandExt::exec(&mut Command::new("/bin/true"));
