@@ -7,6 +7,7 @@
 //! destination a socket connects to ([`DestinationPolicy::check`]), and
 //! per-socket options may only narrow what this policy allows.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
@@ -158,6 +159,11 @@ pub struct Policy {
     /// Whether programs may bring their own certificate and key
     /// (TLS_CERTIFICATE_CHAIN, TLS_PRIVATE_KEY). Off: keys stay on the host.
     pub application_identities: bool,
+    /// Every file this policy was read from: the policy file and the files
+    /// it includes (canonical paths), CA bundles, certificate chains and
+    /// keys. What a sandboxed backend must still be able to read to reload
+    /// it. Empty for the built-in default.
+    pub files: Vec<PathBuf>,
 }
 
 /// A policy problem, with the line it is on when it has one.
@@ -198,10 +204,10 @@ impl Policy {
     /// `base_dir`.
     pub fn from_toml_str(text: &str, origin: &str, base_dir: &Path) -> Result<Policy, PolicyError> {
         let (files, file) = include::load_merged(text, origin, base_dir)?;
-        let source = Source { files: &files };
+        let source = Source { files: &files, resolved: RefCell::new(Vec::new()) };
         let (min_version, max_version) = versions(&file.tls, &source)?;
         let cipher_suites = cipher_suites(&file.tls, min_version..=max_version, &source)?;
-        Ok(Policy {
+        let mut policy = Policy {
             min_version,
             max_version,
             cipher_suites,
@@ -211,7 +217,10 @@ impl Policy {
             server: server::parse(&file.server, &source)?,
             client: server::parse_client(&file.client, &source)?,
             application_identities: file.tls.application_identities.as_ref().is_some_and(|v| *v.get_ref()),
-        })
+            files: files.iter().filter_map(|file| file.canonical.clone()).collect(),
+        };
+        policy.files.extend(source.resolved.into_inner());
+        Ok(policy)
     }
 
     /// System roots, TLS 1.2 to 1.3, every suite, any destination except
@@ -227,6 +236,7 @@ impl Policy {
             server: ServerPolicy::default(),
             client: ClientPolicy::default(),
             application_identities: false,
+            files: Vec::new(),
         }
     }
 
@@ -536,6 +546,8 @@ impl<'de> Deserialize<'de> for PortEntry {
 /// says which file it is in.
 struct Source<'a> {
     files: &'a [include::SourceFile],
+    /// Every path [`Source::resolve`] returned: the files the policy reads.
+    resolved: RefCell<Vec<PathBuf>>,
 }
 
 impl Source<'_> {
@@ -557,7 +569,9 @@ impl Source<'_> {
     /// A path as written in the policy, resolved against the directory of
     /// the file it is written in.
     fn resolve(&self, path: &Spanned<String>) -> PathBuf {
-        self.file_at(path.span().start).base_dir.join(path.get_ref())
+        let resolved = self.file_at(path.span().start).base_dir.join(path.get_ref());
+        self.resolved.borrow_mut().push(resolved.clone());
+        resolved
     }
 
     fn error_at<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> PolicyError {

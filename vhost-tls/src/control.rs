@@ -95,7 +95,8 @@ impl Control {
             Err(error) => {
                 self.server.backend().with_device(|device| device.count_failed_reload());
                 tracing::warn!(%error, "policy reload refused; the policy in force stays");
-                return Err(format!("reload refused, the policy in force stays: {error}"));
+                let hint = crate::sandbox::reload_hint(&error.to_string());
+                return Err(format!("reload refused, the policy in force stays: {error}{hint}"));
             }
         };
         let generation = self

@@ -11,6 +11,7 @@ pub mod device;
 pub mod limits;
 pub mod listener;
 pub mod queues;
+pub mod sandbox;
 pub mod server;
 pub mod socket;
 pub mod telemetry;

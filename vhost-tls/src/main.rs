@@ -9,6 +9,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tls_engine::Policy;
 use vhost_tls::control::{self, Control, Request};
+use vhost_tls::sandbox::{self, SandboxMode, SandboxPlan};
 use vhost_tls::{DeviceShape, Server};
 
 /// TLS as a hypervisor service: the vhost-user backend of virtio-tls.
@@ -38,6 +39,13 @@ enum Command {
         /// Append one JSON line per session, when it ends, to this file.
         #[arg(long)]
         audit_log: Option<PathBuf>,
+        /// Self-confinement once everything is open: privilege drop,
+        /// Landlock, seccomp (docs/operator.md, "The sandbox").
+        #[arg(long, value_enum, default_value_t = SandboxMode::On)]
+        sandbox: SandboxMode,
+        /// The user to switch to when started as root (default: nobody).
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Talk to a running `serve` through its control socket.
     Ctl {
@@ -130,7 +138,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { socket_path, policy: policy_path, queue_pairs, control_socket, audit_log } => {
+        Command::Serve { socket_path, policy: policy_path, queue_pairs, control_socket, audit_log, sandbox: mode, user } => {
             let policy = match Policy::load(&policy_path) {
                 Ok(policy) => Arc::new(policy),
                 Err(error) => {
@@ -139,7 +147,16 @@ fn main() -> ExitCode {
                 }
             };
             raise_fd_limit();
-            let options = ServeOptions { policy_path, control_socket, audit_log };
+            let mut socket_dirs = vec![sandbox::parent_dir(&socket_path)];
+            socket_dirs.extend(control_socket.as_deref().map(sandbox::parent_dir));
+            let sandbox = SandboxPlan {
+                mode,
+                user,
+                policy_dirs: sandbox::policy_dirs(&policy_path, &policy),
+                socket_dirs,
+                keep_net_bind_service: sandbox::maps_privileged_ports(&policy),
+            };
+            let options = ServeOptions { policy_path, control_socket, audit_log, sandbox };
             match serve(socket_path, policy, queue_pairs, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -163,6 +180,7 @@ struct ServeOptions {
     policy_path: PathBuf,
     control_socket: Option<PathBuf>,
     audit_log: Option<PathBuf>,
+    sandbox: SandboxPlan,
 }
 
 fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
@@ -188,7 +206,9 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: S
         ),
         None => None,
     };
-    let server = match Server::start(&socket_path, policy, DeviceShape { queue_pairs }) {
+    // Confined once every socket is bound and before any thread starts.
+    let confine = || sandbox::confine(&options.sandbox).map(|_| ());
+    let server = match Server::start_confined(&socket_path, policy, DeviceShape { queue_pairs }, confine) {
         Ok(server) => Arc::new(server),
         Err(error) => {
             if let Some(path) = &options.control_socket {

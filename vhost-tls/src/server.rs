@@ -21,6 +21,8 @@ pub enum ServerError {
     Listen { path: PathBuf, source: vhost::vhost_user::Error },
     #[error("vhost-user daemon: {0}")]
     Daemon(vhost_user_backend::Error),
+    #[error("cannot confine the backend: {0}")]
+    Sandbox(#[source] crate::sandbox::SandboxError),
 }
 
 impl From<vhost_user_backend::Error> for ServerError {
@@ -41,9 +43,24 @@ impl Server {
     /// Binds `socket_path` (replacing a stale socket file) and serves the
     /// first front end that connects, on a thread of its own.
     pub fn start(socket_path: &Path, policy: Arc<Policy>, shape: DeviceShape) -> Result<Server, ServerError> {
+        Server::start_confined(socket_path, policy, shape, || Ok(()))
+    }
+
+    /// As [`Server::start`], calling `confine` once the socket is bound and
+    /// before any thread starts (see [`crate::sandbox::confine`]).
+    pub fn start_confined(
+        socket_path: &Path,
+        policy: Arc<Policy>,
+        shape: DeviceShape,
+        confine: impl FnOnce() -> Result<(), crate::sandbox::SandboxError>,
+    ) -> Result<Server, ServerError> {
         let backend = Arc::new(VhostTlsBackend::new(policy, shape).map_err(ServerError::Device)?);
         let mut listener = Listener::new(socket_path, true)
             .map_err(|source| ServerError::Listen { path: socket_path.to_owned(), source })?;
+        if let Err(error) = confine() {
+            let _ = std::fs::remove_file(socket_path);
+            return Err(ServerError::Sandbox(error));
+        }
         let mut daemon = VhostUserDaemon::new(
             "vhost-tls".to_owned(),
             backend.clone(),

@@ -1,5 +1,7 @@
 //! The `vhost-tls` command line as an operator uses it.
 
+mod common;
+
 use std::process::Command;
 
 fn vhost_tls() -> Command {
@@ -8,7 +10,7 @@ fn vhost_tls() -> Command {
 
 /// `vhost-tls serve` with `policy_text`, in a fresh directory.
 fn spawn_serve(policy_text: &str) -> (tempfile::TempDir, std::path::PathBuf, std::process::Child) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::backend_dir();
     let policy = dir.path().join("p.toml");
     std::fs::write(&policy, policy_text).unwrap();
     let socket = dir.path().join("s.sock");

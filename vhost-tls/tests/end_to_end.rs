@@ -3,6 +3,8 @@
 //! `vhost-tls ctl` to watch sessions, reload the policy while one is open,
 //! and read the metrics.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -48,7 +50,7 @@ impl Drop for Backend {
 }
 
 fn start(ca: &TestCa, policy: &str) -> Backend {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::backend_dir();
     std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
     std::fs::write(dir.path().join("vm1.toml"), policy).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_vhost-tls"))

@@ -2,6 +2,8 @@
 //! base (`include`), and `vhost-tls ctl` against a running `serve` through
 //! its control socket, reloads by ctl and by SIGHUP.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -51,7 +53,7 @@ struct Serving {
 
 impl Serving {
     fn start(policy: &str) -> Serving {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::backend_dir();
         let policy = write(dir.path(), "vm1.toml", policy);
         let child = vhost_tls()
             .args(["serve", "--socket-path"])

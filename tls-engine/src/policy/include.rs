@@ -46,7 +46,7 @@ pub(super) struct SourceFile {
     /// Relative paths in this file resolve against this directory.
     pub(super) base_dir: PathBuf,
     /// Canonical path, to recognize a file included twice in one chain.
-    canonical: Option<PathBuf>,
+    pub(super) canonical: Option<PathBuf>,
 }
 
 impl SourceFile {
@@ -264,6 +264,22 @@ socket_buffer_bytes = 65536
         write(dir.path(), "shared/base.toml", "[trust]\nsystem_roots = false\nca_files = [\"ca.pem\"]\n");
         let vm = write(dir.path(), "vms/vm1.toml", "include = \"../shared/base.toml\"\n");
         assert_eq!(Policy::load(&vm).unwrap_or_else(|e| panic!("{e}")).roots.len(), 1);
+    }
+
+    #[test]
+    fn a_policy_lists_every_file_it_was_read_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["ca.test".to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        write(dir.path(), "shared/ca.pem", &params.self_signed(&key).unwrap().pem());
+        let base = write(dir.path(), "shared/base.toml", "[trust]\nsystem_roots = false\nca_files = [\"ca.pem\"]\n");
+        let vm = write(dir.path(), "vms/vm1.toml", "include = \"../shared/base.toml\"\n");
+        let policy = Policy::load(&vm).unwrap_or_else(|e| panic!("{e}"));
+        let canonical = |path: &Path| std::fs::canonicalize(path).unwrap();
+        let files: Vec<_> = policy.files.iter().map(|file| canonical(file)).collect();
+        assert_eq!(files, [canonical(&vm), canonical(&base), canonical(&dir.path().join("shared/ca.pem"))]);
+        assert!(Policy::builtin_default().files.is_empty());
     }
 
     #[test]

@@ -264,7 +264,7 @@ fn line_numbers_count_lines_not_characters() {
     assert_refused("# Politique « stricte » ☕\n[limits]\n# ünïcödé\nmax_sockets = 0\n", Some(4), "max_sockets = 0");
     assert_refused("[tls]\r\nmin_version = \"1.3\"\r\nmax_version = \"1.2\"\r\n", Some(2), "above max_version");
     let files = [include::SourceFile::single("x", "é\nb")];
-    let source = Source { files: &files };
+    let source = Source { files: &files, resolved: RefCell::new(Vec::new()) };
     assert_eq!(source.line_of(1), 1, "inside a multi-byte character");
     assert_eq!(source.line_of(3), 2);
     assert_eq!(source.line_of(100), 2, "past the end");
