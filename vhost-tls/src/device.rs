@@ -294,6 +294,11 @@ impl Device {
     /// or network readiness (`reactor_event`).
     pub fn handle_event(&mut self, event: u16, reactor_event: u16, vrings: &[Vring]) {
         let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            if event == reactor_event {
+                // No guest yet, but the timer still ticks: read it, or the
+                // level-triggered reactor fd keeps the worker spinning.
+                self.process_network();
+            }
             return;
         };
         match event {
