@@ -487,7 +487,7 @@ impl Device {
     /// One control request and its response, under CONTROL_LOCK. A socket
     /// of an earlier generation, or a device that does not answer, fails
     /// at once with ECONNRESET; so does a socket the device no longer
-    /// knows (then the device is restarted, DRV-12.3).
+    /// knows (then the device is restarted, DRV-12.4).
     fn exchange(&mut self, op: u16, socket: SocketKey, payload: &[u8]) -> Result<(wire::CtrlResponse, KVec<u8>)> {
         if self.liveness != Liveness::Answering && !self.answers_again() {
             return Err(connection_reset());
@@ -554,7 +554,7 @@ impl Device {
     /// left unanswered has come back (a new backend took the restored
     /// rings, or the old one was only slow). Then the device is reset for
     /// a new generation; the late answer itself is dropped unread, since
-    /// its caller has long had ECONNRESET (DRV-12.1).
+    /// its caller has long had ECONNRESET (DRV-12.2).
     fn answers_again(&mut self) -> bool {
         if self.liveness != Liveness::Unanswered {
             return false;
@@ -887,7 +887,7 @@ unsafe extern "C" fn tls_init(sk: *mut bindings::sock) -> c_int {
         let key = SocketKey { id: response.socket_id, generation: device.generation };
         if device.entry(key).is_some() {
             // DEV-5.2: the device does not reuse the id of a socket that is
-            // still open, and ours is: the device forgot it (DRV-12.3).
+            // still open, and ours is: the device forgot it (DRV-12.4).
             pr_err!("the device gave out socket {} twice: its backend was restarted\n", key.id);
             device.restart();
             continue;
@@ -907,7 +907,7 @@ unsafe extern "C" fn tls_init(sk: *mut bindings::sock) -> c_int {
 
 /// proto.close: release the device socket (CLOSE), then the kernel's.
 /// A socket of an earlier device generation is only forgotten: its id
-/// may name another socket now (DRV-12.2).
+/// may name another socket now (DRV-12.3).
 unsafe extern "C" fn tls_close(sk: *mut bindings::sock, _timeout: kernel::ffi::c_long) {
     let socket = socket_of(sk);
     if socket.id != 0 {
