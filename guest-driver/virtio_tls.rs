@@ -84,8 +84,39 @@ static DRIVER: Shared<bindings::virtio_driver> =
     // (null pointers, no callbacks); the fields that matter are set in init.
     Shared(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
 
+/// A socket as the driver names it to the device: the id the device
+/// assigned, in the device generation that assigned it. A restarted
+/// backend knows nothing of earlier ids and may hand out the same numbers
+/// again, so an id alone does not name a socket across restarts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SocketKey {
+    id: u32,
+    generation: u32,
+}
+
+impl SocketKey {
+    /// For requests about no socket (CREATE).
+    const NONE: SocketKey = SocketKey { id: 0, generation: 0 };
+}
+
+/// Whether the device answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Answering,
+    /// A control request went unanswered (its backend is gone): every
+    /// socket has failed, and the request stays on the control queue.
+    /// Later requests fail at once unless it has come back by then, which
+    /// says a backend is there again (QEMU reconnected it and restored the
+    /// rings): then the device is reset (`restart`).
+    Unanswered,
+    /// A reset to start a new generation failed half way: the virtqueues
+    /// are gone and nothing touches the device until it is removed.
+    Broken,
+}
+
 /// The bound device, as the socket layer reaches it.
 struct Device {
+    vdev: *mut bindings::virtio_device,
     control: *mut bindings::virtqueue,
     event: *mut bindings::virtqueue,
     /// EVENT_BUFFERS event buffers, back to back (kmalloc'd).
@@ -99,9 +130,11 @@ struct Device {
     tx_buffer: KVec<u8>,
     /// The device's receive buffer per socket (config socket_buf_size).
     device_buf_alloc: u32,
-    /// The device stopped answering (its backend is gone): every socket
-    /// has failed and new requests fail at once.
-    dead: bool,
+    liveness: Liveness,
+    /// Counts device resets after a restarted backend (spec 2.12): sockets
+    /// of an earlier generation stay failed and are never named to the
+    /// device again.
+    generation: u32,
     /// kmalloc'd request and response buffers (DMA-able, unlike the stack).
     request: KVec<u8>,
     response: KVec<u8>,
@@ -110,7 +143,10 @@ struct Device {
 
 /// What the event queue told about one socket.
 struct SocketEntry {
+    /// 0 for a free slot.
     id: u32,
+    /// The device generation that assigned `id`.
+    generation: u32,
     /// CONNECT_DONE's status, once it came.
     connect_status: Option<u32>,
     /// SOCKET_ERROR's status.
@@ -135,9 +171,10 @@ struct SocketEntry {
 }
 
 impl SocketEntry {
-    fn new(id: u32, peer_buf_alloc: u32) -> SocketEntry {
+    fn new(key: SocketKey, peer_buf_alloc: u32) -> SocketEntry {
         SocketEntry {
-            id,
+            id: key.id,
+            generation: key.generation,
             connect_status: None,
             error: None,
             rx: KVec::new(),
@@ -190,18 +227,50 @@ impl Device {
     /// The device stopped answering: fail every socket (ECONNRESET) so that
     /// nothing waits for it forever.
     fn declare_dead(&mut self) {
-        if !self.dead {
+        if self.liveness == Liveness::Answering {
             pr_err!("the device stopped answering: failing all sockets\n");
+            self.liveness = Liveness::Unanswered;
         }
-        self.dead = true;
+        self.fail_all_sockets();
+    }
+
+    fn fail_all_sockets(&mut self) {
         for entry in self.sockets.iter_mut().filter(|entry| entry.id != 0) {
             entry.error.get_or_insert(bindings::ECONNRESET);
             entry.connect_status.get_or_insert(bindings::ECONNRESET);
         }
+        wake_waiters();
     }
 
-    fn entry(&mut self, id: u32) -> Option<&mut SocketEntry> {
-        self.sockets.iter_mut().find(|entry| entry.id == id)
+    /// The driver's entry for one of its sockets.
+    fn entry(&mut self, key: SocketKey) -> Option<&mut SocketEntry> {
+        self.sockets.iter_mut().find(|entry| entry.id == key.id && entry.id != 0 && entry.generation == key.generation)
+    }
+
+    /// The entry of the socket the device means by `id` now (events and
+    /// received data name no generation: they are the current one's).
+    fn current_entry(&mut self, id: u32) -> Option<&mut SocketEntry> {
+        let key = SocketKey { id, generation: self.generation };
+        self.entry(key)
+    }
+
+    /// Keeps an entry for a socket the device just made (CREATE, ACCEPT).
+    /// A socket of an earlier generation is failed from the start.
+    fn adopt(&mut self, key: SocketKey) -> Result<&mut SocketEntry> {
+        let mut entry = SocketEntry::new(key, self.device_buf_alloc);
+        if key.generation != self.generation {
+            entry.error = Some(bindings::ECONNRESET);
+            entry.connect_status = Some(bindings::ECONNRESET);
+        }
+        let slot = match self.sockets.iter().position(|entry| entry.id == 0) {
+            Some(free) => free,
+            None => {
+                self.sockets.push(SocketEntry::new(SocketKey::NONE, 0), GFP_KERNEL)?;
+                self.sockets.len() - 1
+            }
+        };
+        self.sockets[slot] = entry;
+        Ok(&mut self.sockets[slot])
     }
 
     /// Makes event buffer `index` available to the device again.
@@ -216,6 +285,9 @@ impl Device {
 
     /// Takes received data and credit updates (spec 2.8).
     fn collect_rx(&mut self) {
+        if self.liveness == Liveness::Broken {
+            return;
+        }
         let mut reposted = false;
         loop {
             let mut len: core::ffi::c_uint = 0;
@@ -230,8 +302,10 @@ impl Device {
                 let payload_len = (header.len as usize).min(used - wire::DataHeader::SIZE);
                 let start = offset + wire::DataHeader::SIZE;
                 // Split borrows: the entry lives in `sockets`, the bytes in `rx_buffers`.
-                let (sockets, buffers) = (&mut self.sockets, &self.rx_buffers);
-                if let Some(entry) = sockets.iter_mut().find(|e| e.id == header.socket_id && e.id != 0) {
+                let (sockets, buffers, generation) = (&mut self.sockets, &self.rx_buffers, self.generation);
+                if let Some(entry) =
+                    sockets.iter_mut().find(|e| e.id == header.socket_id && e.id != 0 && e.generation == generation)
+                {
                     entry.peer_buf_alloc = header.buf_alloc;
                     entry.peer_fwd_cnt = header.fwd_cnt;
                     if header.op == wire::VIRTIO_TLS_DATA_OP_RW {
@@ -259,10 +333,13 @@ impl Device {
 
     /// Sends one data packet on the transmit queue and waits until the
     /// device has taken it (the single transmit buffer is then free).
-    fn send_packet(&mut self, socket_id: u32, op: u16, payload: &[u8]) -> Result {
-        let Some(entry) = self.entry(socket_id) else { return Err(EBADF) };
+    fn send_packet(&mut self, key: SocketKey, op: u16, payload: &[u8]) -> Result {
+        if self.liveness != Liveness::Answering || key.generation != self.generation {
+            return Err(Error::from_errno(-(bindings::ECONNRESET as c_int)));
+        }
+        let Some(entry) = self.entry(key) else { return Err(EBADF) };
         let header = wire::DataHeader {
-            socket_id,
+            socket_id: key.id,
             op,
             flags: 0,
             len: payload.len() as u32,
@@ -303,6 +380,9 @@ impl Device {
     /// Takes the events the device returned and recycles their buffers.
     /// The event queue has no interrupt callback yet: waiters poll this.
     fn collect_events(&mut self) {
+        if self.liveness == Liveness::Broken {
+            return;
+        }
         let mut reposted = false;
         loop {
             let mut len: core::ffi::c_uint = 0;
@@ -315,7 +395,7 @@ impl Device {
             let index = offset / wire::Event::SIZE;
             let event = wire::Event::decode(&self.events[offset..offset + wire::Event::SIZE]);
             if let (Some(event), true) = (event, len as usize >= wire::Event::SIZE) {
-                if let Some(entry) = self.entry(event.socket_id).filter(|e| e.id != 0) {
+                if let Some(entry) = self.current_entry(event.socket_id) {
                     match event.event {
                         wire::VIRTIO_TLS_EVENT_CONNECT_DONE => entry.connect_status = Some(event.status),
                         wire::VIRTIO_TLS_EVENT_SOCKET_ERROR => entry.error = Some(event.status),
@@ -388,61 +468,234 @@ impl Drop for ControlGuard {
 /// Sends one control request and waits for its response (spec 2.6.1).
 /// The control queue has no interrupt callback: requests are short and
 /// rare, so the caller sleeps and polls the used ring.
-fn control_request(op: u16, socket_id: u32, payload: &[u8]) -> Result<wire::CtrlResponse> {
-    control_request_value(op, socket_id, payload).map(|(response, _)| response)
+fn control_request(op: u16, socket: SocketKey, payload: &[u8]) -> Result<wire::CtrlResponse> {
+    control_request_value(op, socket, payload).map(|(response, _)| response)
 }
 
 /// As `control_request`, also returning the value after the response.
-fn control_request_value(op: u16, socket_id: u32, payload: &[u8]) -> Result<(wire::CtrlResponse, KVec<u8>)> {
+fn control_request_value(op: u16, socket: SocketKey, payload: &[u8]) -> Result<(wire::CtrlResponse, KVec<u8>)> {
     let mut guard = ControlGuard::lock();
     let device = guard.device().ok_or(ENODEV)?;
-    if device.dead {
-        return Err(Error::from_errno(-(bindings::ECONNRESET as c_int)));
-    }
-    device.next_request_id += 1;
-    let header = wire::CtrlHeader { op, flags: 0, socket_id, request_id: device.next_request_id };
-    let request_len = wire::CtrlHeader::SIZE + payload.len();
-    if request_len > device.request.len() {
-        return Err(EINVAL);
-    }
-    device.request[..wire::CtrlHeader::SIZE].copy_from_slice(&header.encode());
-    device.request[wire::CtrlHeader::SIZE..request_len].copy_from_slice(payload);
-    // SAFETY: scatterlists are plain C structs initialised by sg_init_one.
-    let mut out: bindings::scatterlist = unsafe { core::mem::zeroed() };
-    // SAFETY: as above.
-    let mut inp: bindings::scatterlist = unsafe { core::mem::zeroed() };
-    let mut used: core::ffi::c_uint = 0;
-    // SAFETY: the buffers are kmalloc'd, live in DEVICE (kept while the
-    // lock is held) and outlive the request, which completes before we
-    // return; the queue belongs to the bound device.
-    unsafe {
-        bindings::sg_init_one(&mut out, device.request.as_ptr().cast::<c_void>(), request_len as u32);
-        bindings::sg_init_one(&mut inp, device.response.as_mut_ptr().cast::<c_void>(), device.response.len() as u32);
-        let mut sgs = [&mut out as *mut bindings::scatterlist, &mut inp as *mut bindings::scatterlist];
-        let token = device.request.as_mut_ptr().cast::<c_void>();
-        let err = bindings::virtqueue_add_sgs(device.control, sgs.as_mut_ptr(), 1, 1, token, bindings::GFP_KERNEL);
-        if err != 0 {
-            return Err(Error::from_errno(err));
+    device.exchange(op, socket, payload)
+}
+
+fn connection_reset() -> Error {
+    Error::from_errno(-(bindings::ECONNRESET as c_int))
+}
+
+impl Device {
+    /// One control request and its response, under CONTROL_LOCK. A socket
+    /// of an earlier generation, or a device that does not answer, fails
+    /// at once with ECONNRESET; so does a socket the device no longer
+    /// knows (then the device is restarted, DRV-12.4).
+    fn exchange(&mut self, op: u16, socket: SocketKey, payload: &[u8]) -> Result<(wire::CtrlResponse, KVec<u8>)> {
+        if self.liveness != Liveness::Answering && !self.answers_again() {
+            return Err(connection_reset());
         }
-        bindings::virtqueue_kick(device.control);
-        // A request takes about a millisecond; a device silent for seconds
-        // has lost its backend.
-        let mut waited = 0;
-        while bindings::virtqueue_get_buf(device.control, &mut used).is_null() {
-            if waited >= CONTROL_PATIENCE {
-                device.declare_dead();
-                return Err(Error::from_errno(-(bindings::ECONNRESET as c_int)));
+        if socket != SocketKey::NONE && socket.generation != self.generation {
+            return Err(connection_reset());
+        }
+        self.next_request_id += 1;
+        let header = wire::CtrlHeader { op, flags: 0, socket_id: socket.id, request_id: self.next_request_id };
+        let request_len = wire::CtrlHeader::SIZE + payload.len();
+        if request_len > self.request.len() {
+            return Err(EINVAL);
+        }
+        self.request[..wire::CtrlHeader::SIZE].copy_from_slice(&header.encode());
+        self.request[wire::CtrlHeader::SIZE..request_len].copy_from_slice(payload);
+        // SAFETY: scatterlists are plain C structs initialised by sg_init_one.
+        let mut out: bindings::scatterlist = unsafe { core::mem::zeroed() };
+        // SAFETY: as above.
+        let mut inp: bindings::scatterlist = unsafe { core::mem::zeroed() };
+        let mut used: core::ffi::c_uint = 0;
+        // SAFETY: the buffers are kmalloc'd, live in DEVICE (kept while the
+        // lock is held) and outlive the request: it completes before we
+        // return, or stays on the queue unanswered, and then no other
+        // request is made until it has come back or the device was reset
+        // (DRV-12.1); the queue belongs to the bound device.
+        unsafe {
+            bindings::sg_init_one(&mut out, self.request.as_ptr().cast::<c_void>(), request_len as u32);
+            bindings::sg_init_one(&mut inp, self.response.as_mut_ptr().cast::<c_void>(), self.response.len() as u32);
+            let mut sgs = [&mut out as *mut bindings::scatterlist, &mut inp as *mut bindings::scatterlist];
+            let token = self.request.as_mut_ptr().cast::<c_void>();
+            let err = bindings::virtqueue_add_sgs(self.control, sgs.as_mut_ptr(), 1, 1, token, bindings::GFP_KERNEL);
+            if err != 0 {
+                return Err(Error::from_errno(err));
             }
-            bindings::usleep_range_state(1000, 2000, bindings::TASK_UNINTERRUPTIBLE);
-            waited += 1;
+            bindings::virtqueue_kick(self.control);
+            // A request takes about a millisecond; a device silent for seconds
+            // has lost its backend.
+            let mut waited = 0;
+            while bindings::virtqueue_get_buf(self.control, &mut used).is_null() {
+                if waited >= CONTROL_PATIENCE {
+                    self.declare_dead();
+                    return Err(connection_reset());
+                }
+                bindings::usleep_range_state(1000, 2000, bindings::TASK_UNINTERRUPTIBLE);
+                waited += 1;
+            }
+        }
+        let used = (used as usize).min(self.response.len());
+        let response = wire::CtrlResponse::decode(&self.response[..used]).ok_or(EIO)?;
+        if response.status == bindings::EBADF && socket != SocketKey::NONE && self.entry(socket).is_some() {
+            // DEV-5.1: EBADF is for ids never assigned or closed, and this
+            // socket is open: the device forgot it, so it is a new backend.
+            pr_err!("the device forgot socket {}: its backend was restarted\n", socket.id);
+            self.restart();
+            return Err(connection_reset());
+        }
+        let value_end = (wire::CtrlResponse::SIZE + response.value_len as usize).min(used);
+        let mut value = KVec::with_capacity(value_end - wire::CtrlResponse::SIZE, GFP_KERNEL)?;
+        value.extend_from_slice(&self.response[wire::CtrlResponse::SIZE..value_end], GFP_KERNEL)?;
+        Ok((response, value))
+    }
+
+    /// Whether a device that stopped answering does again: the request it
+    /// left unanswered has come back (a new backend took the restored
+    /// rings, or the old one was only slow). Then the device is reset for
+    /// a new generation; the late answer itself is dropped unread, since
+    /// its caller has long had ECONNRESET (DRV-12.2).
+    fn answers_again(&mut self) -> bool {
+        if self.liveness != Liveness::Unanswered {
+            return false;
+        }
+        let mut used: core::ffi::c_uint = 0;
+        // SAFETY: the control queue of the bound device (not Broken).
+        if unsafe { bindings::virtqueue_get_buf(self.control, &mut used) }.is_null() {
+            return false;
+        }
+        pr_info!("the device answers again\n");
+        self.restart();
+        self.liveness == Liveness::Answering
+    }
+
+    /// Fails every socket, resets the device and sets it up again, for a
+    /// new generation of sockets (spec 2.12): nothing the old backend left
+    /// half done (unanswered requests, untaken packets) reaches the new
+    /// one, and no old socket is confused with a new one of the same id.
+    fn restart(&mut self) {
+        self.fail_all_sockets();
+        let vdev = self.vdev;
+        // SAFETY: the device is bound (DEVICE holds it until remove(),
+        // which takes CONTROL_LOCK, held by our caller); virtio_reset_device
+        // stops the device before its queues are deleted, as in remove().
+        unsafe {
+            bindings::virtio_reset_device(vdev);
+            if let Some(del_vqs) = (*(*vdev).config).del_vqs {
+                del_vqs(vdev);
+            }
+        }
+        self.liveness = Liveness::Broken;
+        // What virtio_device_restore() does after a reset: the features
+        // negotiated at probe, then queues, buffers and DRIVER_OK.
+        // SAFETY: as above; the virtio core's status and config operations.
+        let features_ok = unsafe {
+            bindings::virtio_add_status(vdev, bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE);
+            bindings::virtio_add_status(vdev, bindings::VIRTIO_CONFIG_S_DRIVER);
+            let ops = &*(*vdev).config;
+            let finalized = match ops.finalize_features {
+                Some(finalize) => finalize(vdev) == 0,
+                None => false,
+            };
+            bindings::virtio_add_status(vdev, bindings::VIRTIO_CONFIG_S_FEATURES_OK);
+            let status = ops.get_status.map_or(0, |get_status| get_status(vdev));
+            finalized && status & bindings::VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0
+        };
+        if !features_ok {
+            pr_err!("the device refused its features after a reset: it stays unusable\n");
+            return;
+        }
+        let config = read_config(vdev);
+        let queues = match config {
+            Some(_) => setup_queues(vdev),
+            None => Err(-(bindings::EINVAL as c_int)),
+        };
+        let (Some(config), Ok(vqs)) = (config, queues) else {
+            pr_err!("cannot set the device up again after a reset: it stays unusable\n");
+            return;
+        };
+        self.control = vqs[0];
+        self.event = vqs[1];
+        self.rx = vqs[2];
+        self.tx = vqs[3];
+        self.device_buf_alloc = config.socket_buf_size;
+        self.generation = self.generation.wrapping_add(1);
+        self.liveness = Liveness::Answering;
+        set_driver_ok(vdev);
+        self.post_all_buffers();
+        pr_info!("device reset: socket generation {}, earlier sockets stay failed\n", self.generation);
+    }
+
+    /// Makes every event and receive buffer available to the device.
+    fn post_all_buffers(&mut self) {
+        for index in 0..EVENT_BUFFERS {
+            self.post_event_buffer(index);
+        }
+        for index in 0..RX_BUFFERS {
+            self.post_rx_buffer(index);
+        }
+        // SAFETY: the queues of the device just set up.
+        unsafe {
+            bindings::virtqueue_kick(self.event);
+            bindings::virtqueue_kick(self.rx);
         }
     }
-    let used = (used as usize).min(device.response.len());
-    let response = wire::CtrlResponse::decode(&device.response[..used]).ok_or(EIO)?;
-    let value_end = (wire::CtrlResponse::SIZE + response.value_len as usize).min(used);
-    let mut value = KVec::with_capacity(value_end - wire::CtrlResponse::SIZE, GFP_KERNEL)?;
-    value.extend_from_slice(&device.response[wire::CtrlResponse::SIZE..value_end], GFP_KERNEL)?;
-    Ok((response, value))
+}
+
+/// The device's configuration space (spec 2.4).
+fn read_config(vdev: *mut bindings::virtio_device) -> Option<wire::VirtioTlsConfig> {
+    // SAFETY: the virtio core passes (probe) or we hold (restart) a live
+    // device whose `config` ops table its transport (virtio-pci) set.
+    let ops = unsafe { &*(*vdev).config };
+    let mut config_bytes = [0u8; wire::VirtioTlsConfig::SIZE];
+    let get = ops.get?;
+    // virtio-pci reads config in 1, 2, 4 or 8-byte units only (anything
+    // else is a BUG()), as virtio_cread_bytes() does: 4 at a time.
+    for (index, word) in config_bytes.chunks_mut(4).enumerate() {
+        // SAFETY: `get` copies 4 config bytes into a 4-byte chunk of ours.
+        unsafe { get(vdev, (index * 4) as u32, word.as_mut_ptr().cast::<c_void>(), 4) };
+    }
+    let config = wire::VirtioTlsConfig::decode(&config_bytes)?;
+    if config.num_queue_pairs == 0 {
+        pr_err!("the device offers no data queues\n");
+        return None;
+    }
+    Some(config)
+}
+
+/// Sets up the control, event and first data queue pair.
+fn setup_queues(vdev: *mut bindings::virtio_device) -> core::result::Result<[*mut bindings::virtqueue; 4], c_int> {
+    // SAFETY: as in read_config.
+    let ops = unsafe { &*(*vdev).config };
+    let mut vqs: [*mut bindings::virtqueue; 4] = [ptr::null_mut(); 4];
+    let mut infos: [bindings::virtqueue_info; 4] = QUEUE_NAMES.map(|name| bindings::virtqueue_info {
+        name: name.as_char_ptr(),
+        callback: None,
+        ctx: false,
+    });
+    // Events and received data wake pollers; control and transmit
+    // completions are awaited by their callers.
+    infos[1].callback = Some(queue_interrupt);
+    infos[2].callback = Some(queue_interrupt);
+    let Some(find_vqs) = ops.find_vqs else { return Err(-(bindings::ENODEV as c_int)) };
+    // SAFETY: both arrays hold `nvqs` entries and outlive the call, as the
+    // inline virtio_find_vqs() this stands for requires.
+    let err = unsafe { find_vqs(vdev, 4, vqs.as_mut_ptr(), infos.as_mut_ptr(), ptr::null_mut()) };
+    if err != 0 {
+        pr_err!("cannot set up virtqueues: {}\n", err);
+        return Err(err);
+    }
+    Ok(vqs)
+}
+
+/// virtio_device_ready(): DRIVER_OK on top of the current status.
+fn set_driver_ok(vdev: *mut bindings::virtio_device) {
+    // SAFETY: as in read_config.
+    let ops = unsafe { &*(*vdev).config };
+    if let (Some(get_status), Some(set_status)) = (ops.get_status, ops.set_status) {
+        // SAFETY: status accessors of a live device.
+        unsafe { set_status(vdev, get_status(vdev) | bindings::VIRTIO_CONFIG_S_DRIVER_OK as u8) };
+    }
 }
 
 /// Sleeps of 1-2 ms a control request may take before the device is
@@ -455,9 +708,9 @@ const PROBE_EVERY: u32 = 1_000;
 
 /// Asks the device something cheap; a device that does not answer is
 /// declared dead (and its sockets failed) by control_request.
-fn probe_device(socket_id: u32) {
+fn probe_device(socket: SocketKey) {
     let request = wire::GetOptRequest { optname: wire::TLS_ID, max_len: 8 };
-    let _ = control_request(wire::VIRTIO_TLS_OP_GETOPT, socket_id, &request.encode());
+    let _ = control_request(wire::VIRTIO_TLS_OP_GETOPT, socket, &request.encode());
 }
 
 /// A zero-filled kmalloc'd buffer.
@@ -496,41 +749,11 @@ fn wake_waiters() {
 const QUEUE_NAMES: [&CStr; 4] = [c_str!("control"), c_str!("event"), c_str!("rx0"), c_str!("tx0")];
 
 unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
-    // SAFETY: the virtio core passes a live device whose `config` ops table
-    // is set by its transport (virtio-pci) for the duration of the call.
-    let ops = unsafe { &*(*vdev).config };
-    let mut config_bytes = [0u8; wire::VirtioTlsConfig::SIZE];
-    let Some(get) = ops.get else { return -(bindings::ENODEV as c_int) };
-    // virtio-pci reads config in 1, 2, 4 or 8-byte units only (anything
-    // else is a BUG()), as virtio_cread_bytes() does: 4 at a time.
-    for (index, word) in config_bytes.chunks_mut(4).enumerate() {
-        // SAFETY: `get` copies 4 config bytes into a 4-byte chunk of ours.
-        unsafe { get(vdev, (index * 4) as u32, word.as_mut_ptr().cast::<c_void>(), 4) };
-    }
-    let Some(config) = wire::VirtioTlsConfig::decode(&config_bytes) else { return -(bindings::EINVAL as c_int) };
-    if config.num_queue_pairs == 0 {
-        pr_err!("the device offers no data queues\n");
-        return -(bindings::EINVAL as c_int);
-    }
-
-    let mut vqs: [*mut bindings::virtqueue; 4] = [ptr::null_mut(); 4];
-    let mut infos: [bindings::virtqueue_info; 4] = QUEUE_NAMES.map(|name| bindings::virtqueue_info {
-        name: name.as_char_ptr(),
-        callback: None,
-        ctx: false,
-    });
-    // Events and received data wake pollers; control and transmit
-    // completions are awaited by their callers.
-    infos[1].callback = Some(queue_interrupt);
-    infos[2].callback = Some(queue_interrupt);
-    let Some(find_vqs) = ops.find_vqs else { return -(bindings::ENODEV as c_int) };
-    // SAFETY: both arrays hold `nvqs` entries and outlive the call, as the
-    // inline virtio_find_vqs() this stands for requires.
-    let err = unsafe { find_vqs(vdev, 4, vqs.as_mut_ptr(), infos.as_mut_ptr(), ptr::null_mut()) };
-    if err != 0 {
-        pr_err!("cannot set up virtqueues: {}\n", err);
-        return err;
-    }
+    let Some(config) = read_config(vdev) else { return -(bindings::EINVAL as c_int) };
+    let vqs = match setup_queues(vdev) {
+        Ok(vqs) => vqs,
+        Err(err) => return err,
+    };
     let buffers = (
         dma_buffer(CONTROL_BUFFER),
         dma_buffer(CONTROL_BUFFER),
@@ -542,6 +765,7 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         return -(bindings::ENOMEM as c_int);
     };
     let device = Device {
+        vdev,
         control: vqs[0],
         event: vqs[1],
         events,
@@ -551,32 +775,19 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         rx_buffers,
         tx_buffer,
         device_buf_alloc: config.socket_buf_size,
-        dead: false,
+        liveness: Liveness::Answering,
+        generation: 1,
         request,
         response,
         next_request_id: 0,
     };
-    // virtio_device_ready(): DRIVER_OK on top of the current status.
-    if let (Some(get_status), Some(set_status)) = (ops.get_status, ops.set_status) {
-        // SAFETY: status accessors of a live device.
-        unsafe { set_status(vdev, get_status(vdev) | bindings::VIRTIO_CONFIG_S_DRIVER_OK as u8) };
-    }
+    set_driver_ok(vdev);
     {
         let mut guard = ControlGuard::lock();
         // SAFETY: guarded by CONTROL_LOCK (held by `guard`).
         unsafe { *DEVICE.0.get() = Some(device) };
         if let Some(device) = guard.device() {
-            for index in 0..EVENT_BUFFERS {
-                device.post_event_buffer(index);
-            }
-            for index in 0..RX_BUFFERS {
-                device.post_rx_buffer(index);
-            }
-            // SAFETY: the queues of the device just set up.
-            unsafe {
-                bindings::virtqueue_kick(device.event);
-                bindings::virtqueue_kick(device.rx);
-            }
+            device.post_all_buffers();
         }
     }
     pr_info!(
@@ -591,18 +802,20 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
 }
 
 unsafe extern "C" fn remove(vdev: *mut bindings::virtio_device) {
-    {
-        let _guard = ControlGuard::lock();
+    let broken = {
+        let mut guard = ControlGuard::lock();
+        let broken = guard.device().is_some_and(|device| device.liveness == Liveness::Broken);
         // SAFETY: guarded by CONTROL_LOCK.
         unsafe { *DEVICE.0.get() = None };
-    }
+        broken
+    };
     // SAFETY: as in probe; reset stops the device before its queues go.
     unsafe {
         let ops = &*(*vdev).config;
         if let Some(reset) = ops.reset {
             reset(vdev);
         }
-        if let Some(del_vqs) = ops.del_vqs {
+        if let (Some(del_vqs), false) = (ops.del_vqs, broken) {
             del_vqs(vdev);
         }
     }
@@ -615,6 +828,8 @@ unsafe extern "C" fn remove(vdev: *mut bindings::virtio_device) {
 struct TlsSock {
     inet: bindings::inet_sock,
     socket_id: u32,
+    /// The device generation that assigned `socket_id` (SocketKey).
+    generation: u32,
     /// The guest port bound (BIND), for getsockname().
     local_port: u16,
     /// For getpeername(): the address connected to, or the client an
@@ -659,47 +874,63 @@ unsafe extern "C" fn tls_init(sk: *mut bindings::sock) -> c_int {
         _ => wire::VIRTIO_TLS_AF_INET,
     };
     let request = wire::CreateRequest { family, queue_pair: 0, buf_alloc: DRIVER_BUF_ALLOC };
-    match control_request(wire::VIRTIO_TLS_OP_CREATE, 0, &request.encode()) {
-        Ok(response) if response.status == 0 => {
-            // SAFETY: sk was allocated with obj_size = size_of::<TlsSock>().
-            unsafe { (*sk.cast::<TlsSock>()).socket_id = response.socket_id };
-            let mut guard = ControlGuard::lock();
-            let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
-            let entry = SocketEntry::new(response.socket_id, device.device_buf_alloc);
-            match device.entry(0) {
-                Some(free) => {
-                    *free = entry;
-                    0
-                }
-                None => match device.sockets.push(entry, GFP_KERNEL) {
-                    Ok(()) => 0,
-                    Err(_) => -(bindings::ENOMEM as c_int),
-                },
-            }
+    let mut guard = ControlGuard::lock();
+    let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
+    // Under one lock from request to entry, so no restart comes between.
+    // A second attempt only after the device turned out restarted.
+    for _ in 0..2 {
+        let response = match device.exchange(wire::VIRTIO_TLS_OP_CREATE, SocketKey::NONE, &request.encode()) {
+            Ok((response, _)) if response.status != 0 => return -(response.status as c_int),
+            Ok((response, _)) => response,
+            Err(error) => return error.to_errno(),
+        };
+        let key = SocketKey { id: response.socket_id, generation: device.generation };
+        if device.entry(key).is_some() {
+            // DEV-5.2: the device does not reuse the id of a socket that is
+            // still open, and ours is: the device forgot it (DRV-12.4).
+            pr_err!("the device gave out socket {} twice: its backend was restarted\n", key.id);
+            device.restart();
+            continue;
         }
-        Ok(response) => -(response.status as c_int),
-        Err(error) => error.to_errno(),
+        if device.adopt(key).is_err() {
+            return -(bindings::ENOMEM as c_int);
+        }
+        // SAFETY: sk was allocated with obj_size = size_of::<TlsSock>().
+        unsafe {
+            (*sk.cast::<TlsSock>()).socket_id = key.id;
+            (*sk.cast::<TlsSock>()).generation = key.generation;
+        }
+        return 0;
     }
+    -(bindings::ECONNRESET as c_int)
 }
 
 /// proto.close: release the device socket (CLOSE), then the kernel's.
+/// A socket of an earlier device generation is only forgotten: its id
+/// may name another socket now (DRV-12.3).
 unsafe extern "C" fn tls_close(sk: *mut bindings::sock, _timeout: kernel::ffi::c_long) {
-    // SAFETY: as in tls_init.
-    let socket_id = unsafe { (*sk.cast::<TlsSock>()).socket_id };
-    if socket_id != 0 {
+    let socket = socket_of(sk);
+    if socket.id != 0 {
         let mut guard = ControlGuard::lock();
         let mut tx_bytes = 0;
+        let mut current = false;
         if let Some(device) = guard.device() {
-            if let Some(entry) = device.entry(socket_id) {
+            current = socket.generation == device.generation;
+            if let Some(entry) = device.entry(socket) {
                 tx_bytes = entry.tx_bytes;
                 // A free slot (id 0 is never a socket id) for the next socket.
-                *entry = SocketEntry::new(0, 0);
+                *entry = SocketEntry::new(SocketKey::NONE, 0);
             }
         }
         drop(guard);
         let request = wire::CloseRequest { tx_bytes };
-        if let Err(error) = control_request(wire::VIRTIO_TLS_OP_CLOSE, socket_id, &request.encode()) {
-            pr_warn!("closing socket {} failed: {:?}\n", socket_id, error);
+        if current {
+            match control_request(wire::VIRTIO_TLS_OP_CLOSE, socket, &request.encode()) {
+                Ok(_) => {}
+                // The device lost its backend: nothing to close there.
+                Err(error) if error.to_errno() == -(bindings::ECONNRESET as c_int) => {}
+                Err(error) => pr_warn!("closing socket {} failed: {:?}\n", socket.id, error),
+            }
         }
     }
     // SAFETY: the core hands us a live socket it expects us to release;
@@ -711,9 +942,11 @@ unsafe extern "C" fn tls_close(sk: *mut bindings::sock, _timeout: kernel::ffi::c
     };
 }
 
-fn socket_id_of(sk: *mut bindings::sock) -> u32 {
+/// The device socket of one of our socks.
+fn socket_of(sk: *mut bindings::sock) -> SocketKey {
     // SAFETY: our sockets are allocated with obj_size = size_of::<TlsSock>().
-    unsafe { (*sk.cast::<TlsSock>()).socket_id }
+    let tls = unsafe { &*sk.cast::<TlsSock>() };
+    SocketKey { id: tls.socket_id, generation: tls.generation }
 }
 
 /// Options whose values are strings: getsockopt adds a terminating NUL, as
@@ -768,7 +1001,7 @@ unsafe extern "C" fn tls_setsockopt(
     if let Err(error) = copied.and_then(|()| payload.extend_from_slice(&value, GFP_KERNEL).map_err(Error::from)) {
         return error.to_errno();
     }
-    match control_request(wire::VIRTIO_TLS_OP_SETOPT, socket_id_of(sk), &payload) {
+    match control_request(wire::VIRTIO_TLS_OP_SETOPT, socket_of(sk), &payload) {
         Ok(response) => -(response.status as c_int),
         Err(error) => error.to_errno(),
     }
@@ -797,7 +1030,7 @@ unsafe extern "C" fn tls_getsockopt(
     // A string needs one byte for its NUL.
     let max_len = (room as usize).saturating_sub(string as usize).min(MAX_OPTION);
     let request = wire::GetOptRequest { optname, max_len: max_len as u32 };
-    let mut value = match control_request_value(wire::VIRTIO_TLS_OP_GETOPT, socket_id_of(sk), &request.encode()) {
+    let mut value = match control_request_value(wire::VIRTIO_TLS_OP_GETOPT, socket_of(sk), &request.encode()) {
         Ok((response, _)) if response.status != 0 => return -(response.status as c_int),
         Ok((_, value)) => value,
         Err(error) => return error.to_errno(),
@@ -868,15 +1101,15 @@ unsafe extern "C" fn tls_connect(
         bindings::AF_INET | bindings::AF_INET6 | wire::AF_HOSTNAME => return -(bindings::EINVAL as c_int),
         _ => return -(bindings::EAFNOSUPPORT as c_int),
     };
-    let socket_id = socket_id_of(sk);
+    let socket = socket_of(sk);
     {
         let mut guard = ControlGuard::lock();
-        if let Some(entry) = guard.device().and_then(|device| device.entry(socket_id)) {
+        if let Some(entry) = guard.device().and_then(|device| device.entry(socket)) {
             entry.connect_status = None;
             entry.error = None;
         }
     }
-    match control_request(wire::VIRTIO_TLS_OP_CONNECT, socket_id, &target.encode()) {
+    match control_request(wire::VIRTIO_TLS_OP_CONNECT, socket, &target.encode()) {
         Ok(response) if response.status != 0 => return -(response.status as c_int),
         Ok(_) => {}
         Err(error) => return error.to_errno(),
@@ -894,14 +1127,14 @@ unsafe extern "C" fn tls_connect(
     // then reports ETIMEDOUT; this bound only guards against a lost device.
     for waits in 1..=600_000u32 {
         if waits % (PROBE_EVERY / 4) == 0 {
-            probe_device(socket_id);
+            probe_device(socket);
         }
         let status = {
             let mut guard = ControlGuard::lock();
             match guard.device() {
                 Some(device) => {
                     device.collect_events();
-                    device.entry(socket_id).and_then(|entry| entry.connect_status)
+                    device.entry(socket).and_then(|entry| entry.connect_status)
                 }
                 None => Some(bindings::ENODEV),
             }
@@ -994,11 +1227,11 @@ fn refresh_connect(sock: *mut bindings::socket) {
         return;
     }
     // SAFETY: as above.
-    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let socket = socket_of(unsafe { (*sock).sk });
     let mut guard = ControlGuard::lock();
     if let Some(device) = guard.device() {
         device.collect_events();
-        if let Some(entry) = device.entry(socket_id) {
+        if let Some(entry) = device.entry(socket) {
             refresh_state(sock, entry);
         }
     }
@@ -1024,12 +1257,12 @@ unsafe extern "C" fn tls_poll(file: *mut bindings::file, sock: *mut bindings::so
         }
     }
     // SAFETY: the core passes a live socket.
-    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let socket = socket_of(unsafe { (*sock).sk });
     let mut guard = ControlGuard::lock();
     let Some(device) = guard.device() else { return EPOLLERR | EPOLLHUP };
     device.collect_events();
     device.collect_rx();
-    let Some(entry) = device.entry(socket_id) else { return EPOLLERR | EPOLLHUP };
+    let Some(entry) = device.entry(socket) else { return EPOLLERR | EPOLLHUP };
     refresh_state(sock, entry);
     // SAFETY: as above.
     let state = unsafe { (*sock).state };
@@ -1071,7 +1304,7 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
         return -(bindings::ENOTCONN as c_int);
     }
     // SAFETY: as above.
-    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let socket = socket_of(unsafe { (*sock).sk });
     let dontwait = nonblocking(sock, 0);
     let mut chunk = [0u8; TX_PAYLOAD];
     let mut sent = 0usize;
@@ -1084,7 +1317,7 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
         let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
         device.collect_events();
         device.collect_rx();
-        let Some(entry) = device.entry(socket_id) else { return -(bindings::EBADF as c_int) };
+        let Some(entry) = device.entry(socket) else { return -(bindings::EBADF as c_int) };
         if let Some(errno) = entry.error {
             return if sent > 0 { sent as c_int } else { -(errno as c_int) };
         }
@@ -1099,7 +1332,7 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
             }
             waits += 1;
             if waits % PROBE_EVERY == 0 {
-                probe_device(socket_id);
+                probe_device(socket);
             }
             sleep_briefly();
             continue;
@@ -1110,7 +1343,7 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
         if copied == 0 {
             return if sent > 0 { sent as c_int } else { -(bindings::EFAULT as c_int) };
         }
-        if let Err(error) = device.send_packet(socket_id, wire::VIRTIO_TLS_DATA_OP_RW, &chunk[..copied]) {
+        if let Err(error) = device.send_packet(socket, wire::VIRTIO_TLS_DATA_OP_RW, &chunk[..copied]) {
             return if sent > 0 { sent as c_int } else { error.to_errno() };
         }
         sent += copied;
@@ -1127,7 +1360,7 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
         return -(bindings::ENOTCONN as c_int);
     }
     // SAFETY: as above.
-    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let socket = socket_of(unsafe { (*sock).sk });
     let dontwait = nonblocking(sock, flags);
     let peek = flags as u32 & bindings::MSG_PEEK != 0;
     let mut waits = 0u32;
@@ -1138,7 +1371,7 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
         let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
         device.collect_events();
         device.collect_rx();
-        let Some(entry) = device.entry(socket_id) else { return -(bindings::EBADF as c_int) };
+        let Some(entry) = device.entry(socket) else { return -(bindings::EBADF as c_int) };
         let unread = entry.unread();
         if unread > 0 {
             let n = unread.min(total).min(i32::MAX as usize);
@@ -1154,7 +1387,7 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
                 entry.compact_rx();
                 // Tell the device about freed room once a quarter moved.
                 if entry.fwd_cnt.wrapping_sub(entry.fwd_reported) >= DRIVER_BUF_ALLOC / 4 {
-                    let _ = device.send_packet(socket_id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
+                    let _ = device.send_packet(socket, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
                 }
             }
             return copied as c_int;
@@ -1174,7 +1407,7 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
         }
         waits += 1;
         if waits % PROBE_EVERY == 0 {
-            probe_device(socket_id);
+            probe_device(socket);
         }
         sleep_briefly();
     }
@@ -1191,16 +1424,16 @@ unsafe extern "C" fn tls_shutdown(sock: *mut bindings::socket, how: c_int) -> c_
         return -(bindings::EINVAL as c_int);
     }
     // SAFETY: as above.
-    let socket_id = socket_id_of(unsafe { (*sock).sk });
+    let socket = socket_of(unsafe { (*sock).sk });
     let tx_bytes = {
         let mut guard = ControlGuard::lock();
-        match guard.device().and_then(|device| device.entry(socket_id)) {
+        match guard.device().and_then(|device| device.entry(socket)) {
             Some(entry) => entry.tx_bytes,
             None => return -(bindings::EBADF as c_int),
         }
     };
     let request = wire::ShutdownRequest { how: how as u32, reserved: 0, tx_bytes };
-    match control_request(wire::VIRTIO_TLS_OP_SHUTDOWN, socket_id, &request.encode()) {
+    match control_request(wire::VIRTIO_TLS_OP_SHUTDOWN, socket, &request.encode()) {
         Ok(response) => -(response.status as c_int),
         Err(error) => error.to_errno(),
     }
@@ -1245,7 +1478,7 @@ unsafe extern "C" fn tls_bind(sock: *mut bindings::socket, uaddr: *mut bindings:
         }
         _ => return -(bindings::EINVAL as c_int),
     };
-    match control_request(wire::VIRTIO_TLS_OP_BIND, socket_id_of(sk), &local.encode()) {
+    match control_request(wire::VIRTIO_TLS_OP_BIND, socket_of(sk), &local.encode()) {
         Ok(response) if response.status != 0 => -(response.status as c_int),
         Ok(_) => {
             // SAFETY: sk was allocated with obj_size = size_of::<TlsSock>().
@@ -1270,9 +1503,9 @@ unsafe extern "C" fn tls_listen(sock: *mut bindings::socket, backlog: c_int) -> 
     }
     // SAFETY: as above.
     let sk = unsafe { (*sock).sk };
-    let socket_id = socket_id_of(sk);
+    let socket = socket_of(sk);
     let request = wire::ListenRequest { backlog: backlog.max(0) as u32, reserved: 0 };
-    match control_request(wire::VIRTIO_TLS_OP_LISTEN, socket_id, &request.encode()) {
+    match control_request(wire::VIRTIO_TLS_OP_LISTEN, socket, &request.encode()) {
         Ok(response) if response.status != 0 => return -(response.status as c_int),
         Ok(_) => {}
         Err(error) => return error.to_errno(),
@@ -1280,34 +1513,36 @@ unsafe extern "C" fn tls_listen(sock: *mut bindings::socket, backlog: c_int) -> 
     // SAFETY: as above; sk_state is how inet sockets say "listening" too.
     unsafe { (*sk).__sk_common.skc_state = bindings::TCP_LISTEN as u8 };
     let mut guard = ControlGuard::lock();
-    if let Some(entry) = guard.device().and_then(|device| device.entry(socket_id)) {
+    if let Some(entry) = guard.device().and_then(|device| device.entry(socket)) {
         // Clients may have connected already.
         entry.accept_ready = true;
     }
     0
 }
 
-/// One ACCEPT: the new socket's id and its client, or the errno (EAGAIN
+/// One ACCEPT: the new socket (of the listener's generation, in which
+/// the device answered) and its client, or the errno (EAGAIN
 /// when nothing waits).
-fn accept_once(listener_id: u32) -> core::result::Result<(u32, wire::SockAddr), c_int> {
+fn accept_once(listener: SocketKey) -> core::result::Result<(SocketKey, wire::SockAddr), c_int> {
     {
         let mut guard = ControlGuard::lock();
-        if let Some(entry) = guard.device().and_then(|device| device.entry(listener_id)) {
+        if let Some(entry) = guard.device().and_then(|device| device.entry(listener)) {
             // Before asking, so that an ACCEPT_READY racing with the
             // answer sets it again.
             entry.accept_ready = false;
         }
     }
     let request = wire::AcceptRequest { queue_pair: 0, reserved0: 0, reserved1: 0 };
-    match control_request_value(wire::VIRTIO_TLS_OP_ACCEPT, listener_id, &request.encode()) {
+    match control_request_value(wire::VIRTIO_TLS_OP_ACCEPT, listener, &request.encode()) {
         Ok((response, _)) if response.status != 0 => Err(-(response.status as c_int)),
         Ok((response, value)) => {
             let mut guard = ControlGuard::lock();
-            if let Some(entry) = guard.device().and_then(|device| device.entry(listener_id)) {
+            if let Some(entry) = guard.device().and_then(|device| device.entry(listener)) {
                 // More connections may wait: the next accept() asks.
                 entry.accept_ready = true;
             }
-            Ok((response.socket_id, wire::SockAddr::decode(&value).unwrap_or_default()))
+            let accepted = SocketKey { id: response.socket_id, generation: listener.generation };
+            Ok((accepted, wire::SockAddr::decode(&value).unwrap_or_default()))
         }
         Err(error) => Err(error.to_errno()),
     }
@@ -1323,13 +1558,13 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
     if !is_listening(sk) {
         return -(bindings::EINVAL as c_int);
     }
-    let listener_id = socket_id_of(sk);
+    let listener = socket_of(sk);
     let dontwait = flags as u32 & bindings::O_NONBLOCK != 0;
     // SAFETY: as above.
     let until = deadline(unsafe { (*sk).sk_rcvtimeo });
     let mut waits = 0u32;
-    let (socket_id, peer) = loop {
-        match accept_once(listener_id) {
+    let (accepted, peer) = loop {
+        match accept_once(listener) {
             Ok(accepted) => break accepted,
             Err(errno) if errno == -(bindings::EAGAIN as c_int) => {}
             Err(errno) => return errno,
@@ -1347,7 +1582,7 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
                 match guard.device() {
                     Some(device) => {
                         device.collect_events();
-                        device.entry(listener_id).is_some_and(|entry| entry.accept_ready)
+                        device.entry(listener).is_some_and(|entry| entry.accept_ready)
                     }
                     None => return -(bindings::ENODEV as c_int),
                 }
@@ -1357,7 +1592,7 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
             }
             waits += 1;
             if waits % PROBE_EVERY == 0 {
-                probe_device(listener_id);
+                probe_device(listener);
             }
             sleep_briefly();
         }
@@ -1373,7 +1608,7 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
     };
     if newsk.is_null() {
         let request = wire::CloseRequest { tx_bytes: 0 };
-        let _ = control_request(wire::VIRTIO_TLS_OP_CLOSE, socket_id, &request.encode());
+        let _ = control_request(wire::VIRTIO_TLS_OP_CLOSE, accepted, &request.encode());
         return -(bindings::ENOMEM as c_int);
     }
     // SAFETY: newsk is a fresh, zeroed sock of our protocol; newsock is the
@@ -1388,29 +1623,35 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
             (*tls6).tls.inet.pinet6 = core::ptr::addr_of_mut!((*tls6).ipv6);
         }
         let tls = newsk.cast::<TlsSock>();
-        (*tls).socket_id = socket_id;
+        (*tls).socket_id = accepted.id;
+        (*tls).generation = accepted.generation;
         (*tls).local_port = (*sk.cast::<TlsSock>()).local_port;
         (*tls).peer = peer;
         (*newsock).state = bindings::socket_state_SS_CONNECTED;
     }
     let mut guard = ControlGuard::lock();
     let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
-    let mut entry = SocketEntry::new(socket_id, device.device_buf_alloc);
-    entry.connect_status = Some(0);
-    let stored = match device.entry(0) {
-        Some(free) => {
-            *free = entry;
-            Ok(())
+    if device.entry(accepted).is_some() {
+        // As in tls_init: the device gave out the id of an open socket.
+        pr_err!("the device gave out socket {} twice: its backend was restarted\n", accepted.id);
+        device.restart();
+        // The entry is the other socket's: the new one's release must not
+        // free it.
+        // SAFETY: newsk is the TlsSock set up above, not yet visible to
+        // anyone but this call.
+        unsafe { (*newsk.cast::<TlsSock>()).socket_id = 0 };
+        return -(bindings::ECONNRESET as c_int);
+    }
+    match device.adopt(accepted) {
+        Ok(entry) => {
+            entry.connect_status.get_or_insert(0);
         }
-        None => device.sockets.push(entry, GFP_KERNEL),
-    };
-    if stored.is_err() {
         // The new socket is closed (CLOSE included) by the core's release.
-        return -(bindings::ENOMEM as c_int);
+        Err(_) => return -(bindings::ENOMEM as c_int),
     }
     // The device sends nothing for this socket before it hears our
     // receive buffer (DRV-6.9.1).
-    if let Err(error) = device.send_packet(socket_id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]) {
+    if let Err(error) = device.send_packet(accepted, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]) {
         return error.to_errno();
     }
     0
