@@ -960,19 +960,6 @@ fn socket_of(sk: *mut bindings::sock) -> SocketKey {
     SocketKey { id: tls.socket_id, generation: tls.generation }
 }
 
-/// Options whose values are strings: getsockopt adds a terminating NUL, as
-/// C callers print them.
-fn is_string_option(optname: u32) -> bool {
-    matches!(
-        optname,
-        wire::TLS_HOSTNAME
-            | wire::TLS_ERROR
-            | wire::TLS_CHOSEN_CIPHER
-            | wire::TLS_PEER_IDENTITY
-            | wire::TLS_PEER_CERTIFICATE_CHAIN
-            | wire::TLS_ALPN
-    )
-}
 
 /// Largest option value passed through: room for a PEM chain or key
 /// (TLS_CERTIFICATE_CHAIN, TLS_PEER_CERTIFICATE_CHAIN).
@@ -1037,7 +1024,7 @@ unsafe extern "C" fn tls_getsockopt(
         return -(bindings::EINVAL as c_int);
     }
     let optname = optname as u32;
-    let string = is_string_option(optname);
+    let string = wire::is_string_option(optname);
     // A string needs one byte for its NUL.
     let max_len = (room as usize).saturating_sub(string as usize).min(MAX_OPTION);
     let request = wire::GetOptRequest { optname, max_len: max_len as u32 };

@@ -512,6 +512,15 @@ pub const TLS_VERSION_MAX: u32 = 112;
 pub const TLS_CHOSEN_VERSION: u32 = 113;
 
 /// Values of TLS_VERSION_MIN/MAX/CHOSEN_VERSION.
+/// Options whose values are text. Getsockopt gives C callers a
+/// terminating NUL for these (the guest driver, the user-space library).
+pub const fn is_string_option(optname: u32) -> bool {
+    matches!(
+        optname,
+        TLS_HOSTNAME | TLS_ERROR | TLS_CHOSEN_CIPHER | TLS_PEER_IDENTITY | TLS_PEER_CERTIFICATE_CHAIN | TLS_ALPN
+    )
+}
+
 pub const TLS_1_2: u32 = 2;
 pub const TLS_1_3: u32 = 3;
 

@@ -23,19 +23,7 @@ pub struct SocketState<'a> {
     pub accepted_for_name: Option<&'a str>,
 }
 
-/// Options whose values are text. C callers print them, so the
-/// library (like the guest driver) adds a terminating NUL.
-pub fn is_string_option(optname: u32) -> bool {
-    matches!(
-        optname,
-        wire::TLS_HOSTNAME
-            | wire::TLS_ERROR
-            | wire::TLS_CHOSEN_CIPHER
-            | wire::TLS_PEER_IDENTITY
-            | wire::TLS_PEER_CERTIFICATE_CHAIN
-            | wire::TLS_ALPN
-    )
-}
+pub use wire::is_string_option;
 
 /// The value of `optname`, at most `room` bytes: text is cut to fit, as
 /// getsockopt does; an integer that does not fit is EINVAL. ENOTCONN for

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::sample;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -96,12 +98,6 @@ fn echo(device: &mut TlsDevice, id: u32, message: &[u8]) {
     assert_eq!(device.read_exact(id, message.len(), TIMEOUT).unwrap(), message);
 }
 
-fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
-}
 
 #[test]
 fn ctl_reload_under_an_open_session_and_the_audit_log_of_the_binary() {

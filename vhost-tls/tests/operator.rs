@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::sample;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -103,13 +105,6 @@ impl Drop for Serving {
     }
 }
 
-/// The value of an unlabelled or labelled sample in Prometheus text.
-fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
-}
 
 #[test]
 fn ctl_reloads_through_the_control_socket_and_refuses_bad_policies() {

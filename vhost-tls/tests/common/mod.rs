@@ -47,3 +47,11 @@ pub fn landlock_abi() -> i64 {
     };
     abi.max(0)
 }
+
+/// The value of an unlabelled or labelled sample in Prometheus text.
+pub fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
+}
