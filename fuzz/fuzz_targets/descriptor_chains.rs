@@ -1,0 +1,224 @@
+//! Arbitrary descriptor tables, driven through the real vhost-user path:
+//! the backend (`vhost_tls::Server`, in this process so libFuzzer sees its
+//! coverage) serves a front end from `tests/harness` over a vhost-user
+//! socket with shared guest memory, and this target writes descriptors and
+//! available-ring entries of the control and transmit queues itself.
+//! Descriptors can point anywhere in or out of guest memory, chain to any
+//! slot (loops included), have any length and mix readable and writable
+//! parts in any order. The device must return every chain it is given on
+//! the used ring, exactly once, and keep serving.
+//!
+//! Input: a byte D (1 + D % 16 descriptors follow), D descriptors of 8
+//! bytes each, then the bytes of the request area (what readable
+//! descriptors pointing there read). A descriptor's bytes:
+//!   [0] table slot (mod queue size)
+//!   [1] bits 0-1: region (request area, scratch area, past the end of
+//!       guest memory, or near u64::MAX so that address + length wraps);
+//!       bit 2: publish this slot as a chain head; bit 3: transmit queue
+//!       instead of control queue
+//!   [2..4] offset into the region; [4..6] length
+//!   [6] flags: bit 0 NEXT, bit 1 WRITE, bit 2 length | 0xffff_0000
+//!   [7] next slot (mod queue size)
+//!
+//! The device keeps its state from input to input (one vhost-user session
+//! for the whole run): a crash may need the inputs before it to reproduce.
+//! Writable descriptors only point at the scratch area, the request area
+//! or outside guest memory, never at the rings, so that nothing the
+//! device legitimately writes can corrupt this driver's own bookkeeping.
+#![no_main]
+
+use std::collections::HashMap;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use tempfile::TempDir;
+use vhost_tls::{DeviceShape, Server};
+use vhost_tls_harness::frontend::VhostUserDevice;
+use vhost_tls_harness::guest_memory::GuestMemory;
+use virtio_tls_spec as wire;
+
+const QUEUE_SIZE: u16 = 64;
+const AREA_SIZE: usize = 64 * 1024;
+const MEMORY_SIZE: usize = 1 << 20;
+const DESC_SIZE: u64 = 16;
+const VIRTQ_DESC_F_WRITE: u16 = 2;
+
+struct Guest {
+    device: VhostUserDevice,
+    request_area: u64,
+    scratch_area: u64,
+    /// Per fuzzed queue: the next available index this driver publishes
+    /// and the used index it has seen.
+    avail_idx: HashMap<u16, u16>,
+    used_seen: HashMap<u16, u16>,
+    // Dropped last: the backend serving `device`.
+    _server: Server,
+    _dir: TempDir,
+}
+
+fn guest() -> &'static Mutex<Guest> {
+    static GUEST: OnceLock<Mutex<Guest>> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let fixture = vhost_tls_fuzz::fixture();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("vhost-tls.sock");
+        let server = Server::start(&socket, fixture.policy.clone(), DeviceShape { queue_pairs: 1 }).expect("start the backend");
+        let mut memory = GuestMemory::new(MEMORY_SIZE).expect("guest memory");
+        // The areas come first; the front end lays out the rings after them.
+        let request_area = memory.alloc(AREA_SIZE, 16).expect("request area");
+        let scratch_area = memory.alloc(AREA_SIZE, 16).expect("scratch area");
+        let device = VhostUserDevice::connect(&socket, memory, server.num_queues(), QUEUE_SIZE).expect("vhost-user session");
+        let fuzzed = [wire::CONTROLQ, wire::tx_queue(0)];
+        Mutex::new(Guest {
+            device,
+            request_area,
+            scratch_area,
+            avail_idx: fuzzed.iter().map(|&q| (q, 0)).collect(),
+            used_seen: fuzzed.iter().map(|&q| (q, 0)).collect(),
+            _server: server,
+            _dir: dir,
+        })
+    })
+}
+
+struct Descriptor {
+    queue: u16,
+    slot: u16,
+    publish: bool,
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+impl Guest {
+    fn descriptor(&self, bytes: &[u8; 8]) -> Descriptor {
+        let offset = u64::from(u16::from_le_bytes([bytes[2], bytes[3]]));
+        let flags = u16::from(bytes[6] & 0b11);
+        let writable = flags & VIRTQ_DESC_F_WRITE != 0;
+        let addr = match bytes[1] & 0b11 {
+            0 => self.request_area + offset % AREA_SIZE as u64,
+            1 => self.scratch_area + offset % AREA_SIZE as u64,
+            2 => MEMORY_SIZE as u64 + offset,
+            _ => u64::MAX - offset,
+        };
+        let short = u32::from(u16::from_le_bytes([bytes[4], bytes[5]]));
+        let len = if bytes[6] & 0b100 != 0 { 0xffff_0000 | short } else { short };
+        // A writable descriptor in an area may run past it only into the
+        // other area or the bytes after it, which the rings start beyond:
+        // keep writes inside the two areas.
+        let len = if writable && (bytes[1] & 0b11) < 2 {
+            let end_of_areas = self.scratch_area + AREA_SIZE as u64;
+            len.min(u32::try_from(end_of_areas - addr).expect("areas are small"))
+        } else {
+            len
+        };
+        Descriptor {
+            queue: if bytes[1] & 0b1000 == 0 { wire::CONTROLQ } else { wire::tx_queue(0) },
+            slot: u16::from(bytes[0]) % QUEUE_SIZE,
+            publish: bytes[1] & 0b100 != 0,
+            addr,
+            len,
+            flags,
+            next: u16::from(bytes[7]) % QUEUE_SIZE,
+        }
+    }
+
+    fn write_descriptor(&mut self, desc: &Descriptor) {
+        let mut bytes = [0u8; DESC_SIZE as usize];
+        bytes[0..8].copy_from_slice(&desc.addr.to_le_bytes());
+        bytes[8..12].copy_from_slice(&desc.len.to_le_bytes());
+        bytes[12..14].copy_from_slice(&desc.flags.to_le_bytes());
+        bytes[14..16].copy_from_slice(&desc.next.to_le_bytes());
+        let table = self.device.queue_mut(usize::from(desc.queue)).desc_table;
+        self.device.memory().write(table + DESC_SIZE * u64::from(desc.slot), &bytes).expect("descriptor table is in memory");
+    }
+
+    fn publish(&mut self, queue: u16, head: u16) {
+        let avail_ring = self.device.queue_mut(usize::from(queue)).avail_ring;
+        let idx = self.avail_idx.get_mut(&queue).expect("a fuzzed queue");
+        let slot = u64::from(*idx % QUEUE_SIZE);
+        self.device.memory().write(avail_ring + 4 + 2 * slot, &head.to_le_bytes()).expect("avail ring is in memory");
+        // The device must see the entry before the index (virtio 1.x 2.7.13).
+        fence(Ordering::Release);
+        *idx = idx.wrapping_add(1);
+        self.device.memory().store_u16(avail_ring + 2, *idx).expect("avail ring is in memory");
+    }
+
+    /// Waits until the device has returned every published chain; returns
+    /// the heads it returned per queue.
+    fn collect_used(&mut self) -> HashMap<u16, Vec<u16>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut returned: HashMap<u16, Vec<u16>> = HashMap::new();
+        loop {
+            let mut outstanding = 0;
+            for (&queue, &avail) in &self.avail_idx {
+                let used_ring = self.device.queue_mut(usize::from(queue)).used_ring;
+                let used = self.device.memory().load_u16(used_ring + 2).expect("used ring is in memory");
+                fence(Ordering::Acquire);
+                let seen = self.used_seen.get_mut(&queue).expect("a fuzzed queue");
+                while *seen != used {
+                    let slot = u64::from(*seen % QUEUE_SIZE);
+                    let mut elem = [0u8; 8];
+                    self.device.memory().read(used_ring + 4 + 8 * slot, &mut elem).expect("used ring is in memory");
+                    let id = u32::from_le_bytes(elem[0..4].try_into().expect("4 bytes"));
+                    let head = u16::try_from(id).ok().filter(|&h| h < QUEUE_SIZE);
+                    let head = head.unwrap_or_else(|| panic!("queue {queue}: the device returned head {id}, beyond the queue"));
+                    returned.entry(queue).or_default().push(head);
+                    *seen = seen.wrapping_add(1);
+                }
+                let pending = avail.wrapping_sub(used);
+                assert!(pending <= QUEUE_SIZE, "queue {queue}: the device returned more chains than it was given");
+                outstanding += usize::from(pending);
+            }
+            if outstanding == 0 {
+                return returned;
+            }
+            assert!(Instant::now() < deadline, "the device kept {outstanding} chains for 5 s");
+            self.device.wait_for_interrupt(Duration::from_millis(10));
+        }
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&count, rest)) = input.split_first() else { return };
+    let count = 1 + usize::from(count % 16);
+    if rest.len() < 8 * count {
+        return;
+    }
+    let (table, request) = rest.split_at(8 * count);
+    let mut guest = guest().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let request = &request[..request.len().min(AREA_SIZE)];
+    let request_area = guest.request_area;
+    guest.device.memory().write(request_area, request).expect("request area is in memory");
+
+    let descriptors: Vec<Descriptor> =
+        table.chunks_exact(8).map(|bytes| guest.descriptor(bytes.try_into().expect("8 bytes"))).collect();
+    for desc in &descriptors {
+        guest.write_descriptor(desc);
+    }
+    let mut given: HashMap<u16, Vec<u16>> = HashMap::new();
+    for desc in descriptors.iter().filter(|d| d.publish) {
+        // A head may be given again only after the device returned it.
+        if given.get(&desc.queue).is_some_and(|heads| heads.contains(&desc.slot)) {
+            continue;
+        }
+        guest.publish(desc.queue, desc.slot);
+        given.entry(desc.queue).or_default().push(desc.slot);
+    }
+    if given.is_empty() {
+        return;
+    }
+    for &queue in given.keys() {
+        guest.device.queue_mut(usize::from(queue)).kick().expect("kick");
+    }
+    let mut returned = guest.collect_used();
+    for (queue, mut heads) in given {
+        heads.sort_unstable();
+        let mut back = returned.remove(&queue).unwrap_or_default();
+        back.sort_unstable();
+        assert_eq!(heads, back, "queue {queue}: the chains returned are not the chains given");
+    }
+});
