@@ -2,11 +2,14 @@
 //! the backend (`vhost_tls::Server`, in this process so libFuzzer sees its
 //! coverage) serves a front end from `tests/harness` over a vhost-user
 //! socket with shared guest memory, and this target writes descriptors and
-//! available-ring entries of the control and transmit queues itself.
+//! available-ring entries of the control, transmit, event and receive
+//! queues itself.
 //! Descriptors can point anywhere in or out of guest memory, chain to any
 //! slot (loops included), have any length and mix readable and writable
-//! parts in any order. The device must return every chain it is given on
-//! the used ring, exactly once, and keep serving.
+//! parts in any order. The device must return every control and transmit
+//! chain it is given on the used ring, exactly once, and keep serving;
+//! event and receive buffers it keeps until it has something to write,
+//! but it may only return buffers it was given, once each.
 //!
 //! Input: a byte D (1 + D % 16 descriptors follow), D descriptors of 8
 //! bytes each, then the bytes of the request area (what readable
@@ -14,8 +17,8 @@
 //!   [0] table slot (mod queue size)
 //!   [1] bits 0-1: region (request area, scratch area, past the end of
 //!       guest memory, or near u64::MAX so that address + length wraps);
-//!       bit 2: publish this slot as a chain head; bit 3: transmit queue
-//!       instead of control queue
+//!       bit 2: publish this slot as a chain head; bits 3-4: the queue
+//!       (control, transmit, event, receive)
 //!   [2..4] offset into the region; [4..6] length
 //!   [6] flags: bit 0 NEXT, bit 1 WRITE, bit 2 length | 0xffff_0000
 //!   [7] next slot (mod queue size)
@@ -53,6 +56,9 @@ struct Guest {
     /// and the used index it has seen.
     avail_idx: HashMap<u16, u16>,
     used_seen: HashMap<u16, u16>,
+    /// Event and receive buffers made available and not yet returned
+    /// (the device keeps them across inputs).
+    posted: HashMap<u16, Vec<u16>>,
     // Dropped last: the backend serving `device`.
     _server: Server,
     _dir: TempDir,
@@ -70,13 +76,14 @@ fn guest() -> &'static Mutex<Guest> {
         let request_area = memory.alloc(AREA_SIZE, 16).expect("request area");
         let scratch_area = memory.alloc(AREA_SIZE, 16).expect("scratch area");
         let device = VhostUserDevice::connect(&socket, memory, server.num_queues(), QUEUE_SIZE).expect("vhost-user session");
-        let fuzzed = [wire::CONTROLQ, wire::tx_queue(0)];
+        let fuzzed = [wire::CONTROLQ, wire::tx_queue(0), wire::EVENTQ, wire::rx_queue(0)];
         Mutex::new(Guest {
             device,
             request_area,
             scratch_area,
             avail_idx: fuzzed.iter().map(|&q| (q, 0)).collect(),
             used_seen: fuzzed.iter().map(|&q| (q, 0)).collect(),
+            posted: HashMap::new(),
             _server: server,
             _dir: dir,
         })
@@ -116,7 +123,12 @@ impl Guest {
             len
         };
         Descriptor {
-            queue: if bytes[1] & 0b1000 == 0 { wire::CONTROLQ } else { wire::tx_queue(0) },
+            queue: match bytes[1] >> 3 & 0b11 {
+                0 => wire::CONTROLQ,
+                1 => wire::tx_queue(0),
+                2 => wire::EVENTQ,
+                _ => wire::rx_queue(0),
+            },
             slot: u16::from(bytes[0]) % QUEUE_SIZE,
             publish: bytes[1] & 0b100 != 0,
             addr,
@@ -147,8 +159,21 @@ impl Guest {
         self.device.memory().store_u16(avail_ring + 2, *idx).expect("avail ring is in memory");
     }
 
-    /// Waits until the device has returned every published chain; returns
-    /// the heads it returned per queue.
+    /// Event and receive buffers the device returned: each must be one it
+    /// held.
+    fn check_returned(&mut self, returned: &HashMap<u16, Vec<u16>>) {
+        for queue in [wire::EVENTQ, wire::rx_queue(0)] {
+            for &head in returned.get(&queue).into_iter().flatten() {
+                let posted = self.posted.entry(queue).or_default();
+                let at = posted.iter().position(|&h| h == head);
+                let at = at.unwrap_or_else(|| panic!("queue {queue}: the device returned buffer {head}, which it did not hold"));
+                posted.swap_remove(at);
+            }
+        }
+    }
+
+    /// Waits until the device has returned every published control and
+    /// transmit chain; returns the heads it returned per queue.
     fn collect_used(&mut self) -> HashMap<u16, Vec<u16>> {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut returned: HashMap<u16, Vec<u16>> = HashMap::new();
@@ -171,7 +196,9 @@ impl Guest {
                 }
                 let pending = avail.wrapping_sub(used);
                 assert!(pending <= QUEUE_SIZE, "queue {queue}: the device returned more chains than it was given");
-                outstanding += usize::from(pending);
+                if !device_keeps(queue) {
+                    outstanding += usize::from(pending);
+                }
             }
             if outstanding == 0 {
                 return returned;
@@ -180,6 +207,11 @@ impl Guest {
             self.device.wait_for_interrupt(Duration::from_millis(10));
         }
     }
+}
+
+/// Queues whose buffers the device holds until it has something for them.
+fn device_keeps(queue: u16) -> bool {
+    queue == wire::EVENTQ || queue == wire::rx_queue(0)
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -199,26 +231,36 @@ fuzz_target!(|input: &[u8]| {
     for desc in &descriptors {
         guest.write_descriptor(desc);
     }
-    let mut given: HashMap<u16, Vec<u16>> = HashMap::new();
-    for desc in descriptors.iter().filter(|d| d.publish) {
-        // A head may be given again only after the device returned it.
-        if given.get(&desc.queue).is_some_and(|heads| heads.contains(&desc.slot)) {
+    // Queue by queue, in the order a driver would (control requests make
+    // the sockets the transmit queue names), each answered before the next.
+    for queue in [wire::CONTROLQ, wire::EVENTQ, wire::rx_queue(0), wire::tx_queue(0)] {
+        let mut given: Vec<u16> = Vec::new();
+        for desc in descriptors.iter().filter(|d| d.publish && d.queue == queue) {
+            // A head may be given again only after the device returned it.
+            if given.contains(&desc.slot) {
+                continue;
+            }
+            if device_keeps(queue) {
+                let posted = guest.posted.entry(queue).or_default();
+                if posted.len() >= usize::from(QUEUE_SIZE) {
+                    continue; // the available ring is full
+                }
+                posted.push(desc.slot);
+            }
+            guest.publish(queue, desc.slot);
+            given.push(desc.slot);
+        }
+        if given.is_empty() {
             continue;
         }
-        guest.publish(desc.queue, desc.slot);
-        given.entry(desc.queue).or_default().push(desc.slot);
-    }
-    if given.is_empty() {
-        return;
-    }
-    for &queue in given.keys() {
         guest.device.queue_mut(usize::from(queue)).kick().expect("kick");
-    }
-    let mut returned = guest.collect_used();
-    for (queue, mut heads) in given {
-        heads.sort_unstable();
-        let mut back = returned.remove(&queue).unwrap_or_default();
-        back.sort_unstable();
-        assert_eq!(heads, back, "queue {queue}: the chains returned are not the chains given");
+        let returned = guest.collect_used();
+        guest.check_returned(&returned);
+        if !device_keeps(queue) {
+            given.sort_unstable();
+            let mut back = returned.get(&queue).cloned().unwrap_or_default();
+            back.sort_unstable();
+            assert_eq!(given, back, "queue {queue}: the chains returned are not the chains given");
+        }
     }
 });

@@ -3,8 +3,12 @@
 //! CONNECT or BIND on a fresh socket, followed by the requests that come
 //! next in a socket's life (LISTEN, ACCEPT, a second CONNECT, CLOSE).
 //! Input: a selector byte (bit 0: IPv6 socket, bit 1: BIND instead of
-//! CONNECT), then the address bytes.
+//! CONNECT, bit 2: once listening, a client connects and sends the
+//! address bytes as its TLS hello), then the address bytes.
 #![no_main]
+
+use std::io::Write;
+use std::net::TcpStream;
 
 use libfuzzer_sys::fuzz_target;
 use tls_engine::options::parse_hostname;
@@ -41,7 +45,17 @@ fuzz_target!(|input: &[u8]| {
     let (first, _) = session.control(&request(op, id, address));
     if op == wire::VIRTIO_TLS_OP_BIND && first.status == 0 {
         let listen = wire::ListenRequest { backlog: 1, reserved: 0 }.encode();
-        session.control(&request(wire::VIRTIO_TLS_OP_LISTEN, id, &listen));
+        let (listening, _) = session.control(&request(wire::VIRTIO_TLS_OP_LISTEN, id, &listen));
+        if listening.status == 0 && selector & 4 != 0 {
+            // A client that sends these bytes as its first flight, which
+            // the backend's TLS server must refuse.
+            let port = vhost_tls_fuzz::fixture().listen_port;
+            if let Ok(mut client) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = client.write_all(address);
+                session.network();
+                session.network();
+            }
+        }
         let accept = wire::AcceptRequest { queue_pair: 0, reserved0: 0, reserved1: 0 }.encode();
         session.control(&request(wire::VIRTIO_TLS_OP_ACCEPT, id, &accept));
     }

@@ -43,6 +43,8 @@ pub struct Fixture {
     /// A TCP listener on 127.0.0.1 that accepts connections and holds the
     /// last few without a word: connects to it stay handshaking.
     pub peer_port: u16,
+    /// The host port guest port [`GUEST_LISTEN_PORT`] listens on.
+    pub listen_port: u16,
     /// Holds `ca.pem`, `server.pem`, `server.key` and `base.toml`, for
     /// policies that name files.
     dir: TempDir,
@@ -131,8 +133,12 @@ private_key = "server.key"
 "#
     );
     let policy = Policy::from_toml_str(&policy_text, "fuzz-policy.toml", dir.path()).unwrap_or_else(|e| panic!("fuzz policy: {e}"));
-    Fixture { policy: Arc::new(policy), peer_port, dir, certificate_pem, key_pem }
+    Fixture { policy: Arc::new(policy), peer_port, listen_port, dir, certificate_pem, key_pem }
 }
+
+/// The record kind that stands for no request but a reactor wake-up: the
+/// device does the network work that is ready (`handle_network_events`).
+pub const NETWORK_EVENTS: u8 = 0xff;
 
 /// Cuts a fuzz input into records: a kind byte, a 2-byte little-endian
 /// length, then that many bytes (fewer when the input ends first). The
@@ -212,6 +218,13 @@ impl Session {
     /// One transmit-queue packet on data queue pair `pair`.
     pub fn data(&mut self, pair: u16, packet: &[u8]) {
         self.device.handle_data_packet(pair, packet);
+        self.check_limits();
+    }
+
+    /// A reactor wake-up: connects, handshakes, incoming connections and
+    /// deadlines make progress.
+    pub fn network(&mut self) {
+        self.device.handle_network_events();
         self.check_limits();
     }
 

@@ -998,6 +998,14 @@ impl Device {
     // Network
     // ----------------------------------------------------------------------
 
+    /// The network work that is ready now (connects, handshakes, incoming
+    /// connections, finished lookups, expired deadlines): what a reactor
+    /// wake-up does, for fuzzing (`fuzz/`) without a vhost-user worker.
+    #[doc(hidden)]
+    pub fn handle_network_events(&mut self) {
+        self.process_network();
+    }
+
     fn process_network(&mut self) {
         let mut events = Events::with_capacity(256);
         loop {
