@@ -12,7 +12,8 @@
 //! but it may only return buffers it was given, once each.
 //!
 //! Input: a byte D (1 + D % 16 descriptors follow), D descriptors of 8
-//! bytes each, then the bytes of the request area (what readable
+//! bytes each, a byte I (I % 17 indirect-table entries follow), I entries
+//! of 8 bytes each, then the bytes of the request area (what readable
 //! descriptors pointing there read). A descriptor's bytes:
 //!   [0] table slot (mod queue size)
 //!   [1] bits 0-1: region (request area, scratch area, past the end of
@@ -20,8 +21,15 @@
 //!       bit 2: publish this slot as a chain head; bits 3-4: the queue
 //!       (control, transmit, event, receive)
 //!   [2..4] offset into the region; [4..6] length
-//!   [6] flags: bit 0 NEXT, bit 1 WRITE, bit 2 length | 0xffff_0000
-//!   [7] next slot (mod queue size)
+//!   [6] flags: bit 0 NEXT, bit 1 WRITE, bit 2 length | 0xffff_0000,
+//!       bit 3 INDIRECT (queue descriptors only: the offset, in entries,
+//!       and length then select a table in the indirect area)
+//!   [7] next slot (mod queue size; in an indirect table, as given)
+//!
+//! The backend offers VIRTIO_RING_F_INDIRECT_DESC, so a guest's chains may
+//! go through indirect tables; the harness writes them into an area of
+//! their own, entry by entry as decoded here (so theirs obey the same
+//! rule for writable buffers), and indirect entries cannot nest.
 //!
 //! The device keeps its state from input to input (one vhost-user session
 //! for the whole run): a crash may need the inputs before it to reproduce.
@@ -47,9 +55,11 @@ const AREA_SIZE: usize = 64 * 1024;
 const MEMORY_SIZE: usize = 1 << 20;
 const DESC_SIZE: u64 = 16;
 const VIRTQ_DESC_F_WRITE: u16 = 2;
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 struct Guest {
     device: VhostUserDevice,
+    indirect_area: u64,
     request_area: u64,
     scratch_area: u64,
     /// Per fuzzed queue: the next available index this driver publishes
@@ -73,12 +83,14 @@ fn guest() -> &'static Mutex<Guest> {
         let server = Server::start(&socket, fixture.policy.clone(), DeviceShape { queue_pairs: 1 }).expect("start the backend");
         let mut memory = GuestMemory::new(MEMORY_SIZE).expect("guest memory");
         // The areas come first; the front end lays out the rings after them.
+        let indirect_area = memory.alloc(AREA_SIZE, 16).expect("indirect area");
         let request_area = memory.alloc(AREA_SIZE, 16).expect("request area");
         let scratch_area = memory.alloc(AREA_SIZE, 16).expect("scratch area");
         let device = VhostUserDevice::connect(&socket, memory, server.num_queues(), QUEUE_SIZE).expect("vhost-user session");
         let fuzzed = [wire::CONTROLQ, wire::tx_queue(0), wire::EVENTQ, wire::rx_queue(0)];
         Mutex::new(Guest {
             device,
+            indirect_area,
             request_area,
             scratch_area,
             avail_idx: fuzzed.iter().map(|&q| (q, 0)).collect(),
@@ -101,9 +113,11 @@ struct Descriptor {
 }
 
 impl Guest {
-    fn descriptor(&self, bytes: &[u8; 8]) -> Descriptor {
+    /// Decodes a queue descriptor, or with `in_table` an entry of an
+    /// indirect table.
+    fn descriptor(&self, bytes: &[u8; 8], in_table: bool) -> Descriptor {
         let offset = u64::from(u16::from_le_bytes([bytes[2], bytes[3]]));
-        let flags = u16::from(bytes[6] & 0b11);
+        let mut flags = u16::from(bytes[6] & 0b11);
         let writable = flags & VIRTQ_DESC_F_WRITE != 0;
         let addr = match bytes[1] & 0b11 {
             0 => self.request_area + offset % AREA_SIZE as u64,
@@ -116,12 +130,20 @@ impl Guest {
         // A writable descriptor in an area may run past it only into the
         // other area or the bytes after it, which the rings start beyond:
         // keep writes inside the two areas.
-        let len = if writable && (bytes[1] & 0b11) < 2 {
+        let mut len = if writable && (bytes[1] & 0b11) < 2 {
             let end_of_areas = self.scratch_area + AREA_SIZE as u64;
             len.min(u32::try_from(end_of_areas - addr).expect("areas are small"))
         } else {
             len
         };
+        let mut addr = addr;
+        if !in_table && bytes[6] & 0b1000 != 0 {
+            // A table inside the indirect area, whatever its length says.
+            let start = offset * DESC_SIZE % AREA_SIZE as u64;
+            addr = self.indirect_area + start;
+            len = len.min(u32::try_from(AREA_SIZE as u64 - start).expect("areas are small"));
+            flags |= VIRTQ_DESC_F_INDIRECT;
+        }
         Descriptor {
             queue: match bytes[1] >> 3 & 0b11 {
                 0 => wire::CONTROLQ,
@@ -134,18 +156,22 @@ impl Guest {
             addr,
             len,
             flags,
-            next: u16::from(bytes[7]) % QUEUE_SIZE,
+            next: if in_table { u16::from(bytes[7]) } else { u16::from(bytes[7]) % QUEUE_SIZE },
         }
     }
 
     fn write_descriptor(&mut self, desc: &Descriptor) {
+        let table = self.device.queue_mut(usize::from(desc.queue)).desc_table;
+        self.write_descriptor_at(table + DESC_SIZE * u64::from(desc.slot), desc);
+    }
+
+    fn write_descriptor_at(&self, at: u64, desc: &Descriptor) {
         let mut bytes = [0u8; DESC_SIZE as usize];
         bytes[0..8].copy_from_slice(&desc.addr.to_le_bytes());
         bytes[8..12].copy_from_slice(&desc.len.to_le_bytes());
         bytes[12..14].copy_from_slice(&desc.flags.to_le_bytes());
         bytes[14..16].copy_from_slice(&desc.next.to_le_bytes());
-        let table = self.device.queue_mut(usize::from(desc.queue)).desc_table;
-        self.device.memory().write(table + DESC_SIZE * u64::from(desc.slot), &bytes).expect("descriptor table is in memory");
+        self.device.memory().write(at, &bytes).expect("descriptor tables are in memory");
     }
 
     fn publish(&mut self, queue: u16, head: u16) {
@@ -217,17 +243,28 @@ fn device_keeps(queue: u16) -> bool {
 fuzz_target!(|input: &[u8]| {
     let Some((&count, rest)) = input.split_first() else { return };
     let count = 1 + usize::from(count % 16);
-    if rest.len() < 8 * count {
+    if rest.len() < 8 * count + 1 {
         return;
     }
-    let (table, request) = rest.split_at(8 * count);
+    let (table, rest) = rest.split_at(8 * count);
+    let (&indirect_count, rest) = rest.split_first().expect("checked above");
+    let indirect_count = usize::from(indirect_count % 17);
+    if rest.len() < 8 * indirect_count {
+        return;
+    }
+    let (indirect_table, request) = rest.split_at(8 * indirect_count);
     let mut guest = guest().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let request = &request[..request.len().min(AREA_SIZE)];
     let request_area = guest.request_area;
     guest.device.memory().write(request_area, request).expect("request area is in memory");
 
+    let indirect_area = guest.indirect_area;
+    for (index, bytes) in indirect_table.chunks_exact(8).enumerate() {
+        let entry = guest.descriptor(bytes.try_into().expect("8 bytes"), true);
+        guest.write_descriptor_at(indirect_area + DESC_SIZE * index as u64, &entry);
+    }
     let descriptors: Vec<Descriptor> =
-        table.chunks_exact(8).map(|bytes| guest.descriptor(bytes.try_into().expect("8 bytes"))).collect();
+        table.chunks_exact(8).map(|bytes| guest.descriptor(bytes.try_into().expect("8 bytes"), false)).collect();
     for desc in &descriptors {
         guest.write_descriptor(desc);
     }
