@@ -338,14 +338,23 @@ impl Device {
 
     fn handle_control_chain(&mut self, mem: &MemoryGuard, chain: &queues::Chain) -> u32 {
         let (response, value) = match queues::read_request(mem, chain, MAX_CONTROL_REQUEST) {
-            ReadOutcome::Bytes(request) => self.dispatch(&request),
+            ReadOutcome::Bytes(request) => self.handle_control_request(&request),
             ReadOutcome::Fault => (error_response(0, Errno::EFAULT), Vec::new()),
             ReadOutcome::TooLong => (error_response(0, Errno::EINVAL), Vec::new()),
         };
-        let response = CtrlResponse { value_len: value.len() as u32, ..response };
         // No room for the response: nothing can be said, the chain is
         // returned empty (spec 2.6.1).
         queues::write_reply(mem, chain, &[&response.encode(), &value]).unwrap_or(0)
+    }
+
+    /// One control request, as the bytes the driver put in the readable
+    /// part of a control chain: the response the device writes back and
+    /// the value that follows it. The control queue's path without guest
+    /// memory, for fuzzing (`fuzz/`) and tests of malformed requests.
+    #[doc(hidden)]
+    pub fn handle_control_request(&mut self, request: &[u8]) -> (CtrlResponse, Vec<u8>) {
+        let (response, value) = self.dispatch(request);
+        (CtrlResponse { value_len: value.len() as u32, ..response }, value)
     }
 
     fn dispatch(&mut self, request: &[u8]) -> (CtrlResponse, Vec<u8>) {
@@ -857,6 +866,27 @@ impl Device {
             return;
         }
         let header = DataHeader::decode(&header_bytes).expect("full header read");
+        let available = reader.available_bytes();
+        self.handle_tx_packet(pair, header, available, &mut reader);
+    }
+
+    /// One transmit-queue packet, as the bytes of a transmit chain: the
+    /// path of `handle_tx_chain` without guest memory, for fuzzing
+    /// (`fuzz/`) and tests of malformed packets. Shorter than a header:
+    /// dropped, as from a queue.
+    #[doc(hidden)]
+    pub fn handle_data_packet(&mut self, pair: u16, packet: &[u8]) {
+        let Some(header) = DataHeader::decode(packet) else {
+            tracing::debug!("transmit buffer shorter than its header: dropped");
+            return;
+        };
+        let mut payload = &packet[DataHeader::SIZE..];
+        self.handle_tx_packet(pair, header, payload.len(), &mut payload);
+    }
+
+    /// A data packet whose header has been read; `available` payload bytes
+    /// can be read from `payload`.
+    fn handle_tx_packet(&mut self, pair: u16, header: DataHeader, available: usize, payload: &mut impl std::io::Read) {
         let id = header.socket_id;
         let buf_size = self.policy().limits.socket_buffer_bytes;
         let Some(socket) = self.sockets.get_mut(&id).filter(|s| s.unclaimed_by.is_none()) else {
@@ -865,7 +895,7 @@ impl Device {
         };
         let malformed = socket.queue_pair != pair
             || header.len > wire::MAX_DATA_PAYLOAD
-            || reader.available_bytes() < header.len as usize
+            || available < header.len as usize
             || (header.op != wire::VIRTIO_TLS_DATA_OP_RW && header.len != 0);
         if malformed {
             self.fail_socket(id, Failure::new(Errno::EINVAL, "malformed data packet from the driver"));
@@ -885,12 +915,12 @@ impl Device {
                     self.fail_socket(id, Failure::new(Errno::ENOBUFS, "the driver sent more than its credit"));
                     return;
                 }
-                let mut payload = vec![0u8; header.len as usize];
-                if reader.read_exact(&mut payload).is_err() {
+                let mut bytes = vec![0u8; header.len as usize];
+                if payload.read_exact(&mut bytes).is_err() {
                     self.fail_socket(id, Failure::new(Errno::EFAULT, "unreadable data packet from the driver"));
                     return;
                 }
-                socket.push_tx(&payload);
+                socket.push_tx(&bytes);
             }
             wire::VIRTIO_TLS_DATA_OP_RW | wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE => {}
             wire::VIRTIO_TLS_DATA_OP_CREDIT_REQUEST => socket.credit_update_wanted = true,
@@ -1008,6 +1038,14 @@ impl Device {
     // ----------------------------------------------------------------------
     // Network
     // ----------------------------------------------------------------------
+
+    /// The network work that is ready now (connects, handshakes, incoming
+    /// connections, finished lookups, expired deadlines): what a reactor
+    /// wake-up does, for fuzzing (`fuzz/`) without a vhost-user worker.
+    #[doc(hidden)]
+    pub fn handle_network_events(&mut self) {
+        self.process_network();
+    }
 
     fn process_network(&mut self) {
         let mut events = Events::with_capacity(256);
