@@ -155,14 +155,16 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     if let Some(handle) = table::lookup(fd) {
-        // As TCP (and the guest driver): a connecting or connected socket
-        // cannot listen.
-        if table::lock(&handle).state != crate::conn::State::Created {
-            return fail(Errno::EINVAL);
+        // A connected socket: EOPNOTSUPP, as SSA's tests (and the guest
+        // driver) say. A connecting one cannot listen either (as TCP).
+        match table::lock(&handle).state {
+            crate::conn::State::Resolving | crate::conn::State::Connecting | crate::conn::State::Handshaking => {
+                return fail(Errno::EINVAL)
+            }
+            // The server side is not offered yet; a listening TCP socket
+            // would accept plaintext connections.
+            _ => return fail(Errno::EOPNOTSUPP),
         }
-        // The server side is not offered yet; a listening TCP socket would
-        // accept plaintext connections.
-        return fail(Errno::EOPNOTSUPP);
     }
     // SAFETY: passing the program's call on.
     unsafe { real::listen(fd, backlog) }
