@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use rustls_pki_types::ServerName;
+use vhost_tls_harness::bench::{mib_per_s, per_second};
 use vhost_tls_harness::peers::{Behaviour, RustlsServer};
 use vhost_tls_harness::pki::{self, TestCa, Validity};
 use vhost_tls_harness::testbed::LOOPBACK_POLICY;
@@ -79,8 +80,8 @@ fn main() {
     row("upload MiB/s", plain, library);
 
     let echo = RustlsServer::start(loopback, &identity, &versions, Behaviour::Echo);
-    let plain = best_of(3, || per_s(handshakes, || (0..handshakes).for_each(|_| plain_handshake(&client, echo.addr))));
-    let library = best_of(3, || per_s(handshakes, || (0..handshakes).for_each(|_| library_handshake(echo.addr))));
+    let plain = best_of(3, || per_second(handshakes, || (0..handshakes).for_each(|_| plain_handshake(&client, echo.addr))));
+    let library = best_of(3, || per_second(handshakes, || (0..handshakes).for_each(|_| library_handshake(echo.addr))));
     row("handshakes/s (resumed)", plain, library);
 
     println!();
@@ -107,18 +108,6 @@ fn rerun_preloaded() -> ! {
 
 fn best_of(runs: usize, mut measure: impl FnMut() -> f64) -> f64 {
     (0..runs).map(|_| measure()).fold(0.0, f64::max)
-}
-
-fn mib_per_s(bytes: u64, run: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    run();
-    bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
-}
-
-fn per_s(count: usize, run: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    run();
-    count as f64 / start.elapsed().as_secs_f64()
 }
 
 fn row(metric: &str, plain: f64, library: f64) {

@@ -464,16 +464,24 @@ impl TlsSocket {
         }
     }
 
+    /// Moves a connect in progress on, for a read or write that came
+    /// during it: Ok once established, else what the call returns.
+    fn finish_connect(&mut self, fd: c_int) -> Result<(), Progress> {
+        self.progress(fd);
+        match self.state {
+            State::Established => Ok(()),
+            State::Failed => Err(Progress::Failed(self.pending_error.take().unwrap_or(Errno::ENOTCONN))),
+            _ => Err(Progress::WouldBlock),
+        }
+    }
+
     /// Reads plaintext into `bufs` (or copies it, for MSG_PEEK).
     pub fn read(&mut self, fd: c_int, bufs: &mut [&mut [u8]], peek: bool) -> Progress {
         match self.state {
             State::Created | State::Failed => return Progress::Failed(Errno::ENOTCONN),
             State::Resolving | State::Connecting | State::Handshaking => {
-                self.progress(fd);
-                match self.state {
-                    State::Established => {}
-                    State::Failed => return Progress::Failed(self.pending_error.take().unwrap_or(Errno::ENOTCONN)),
-                    _ => return Progress::WouldBlock,
+                if let Err(not_yet) = self.finish_connect(fd) {
+                    return not_yet;
                 }
             }
             State::Established => {}
@@ -520,11 +528,8 @@ impl TlsSocket {
             State::Created => return Progress::Failed(Errno::ENOTCONN),
             State::Failed => return Progress::Failed(self.pending_error.take().unwrap_or(Errno::ENOTCONN)),
             State::Resolving | State::Connecting | State::Handshaking => {
-                self.progress(fd);
-                match self.state {
-                    State::Established => {}
-                    State::Failed => return Progress::Failed(self.pending_error.take().unwrap_or(Errno::ENOTCONN)),
-                    _ => return Progress::WouldBlock,
+                if let Err(not_yet) = self.finish_connect(fd) {
+                    return not_yet;
                 }
             }
             State::Established => {}

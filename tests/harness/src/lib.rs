@@ -3,6 +3,7 @@
 //! virtqueues, and a driver that speaks the virtio-tls protocol; plus the
 //! real TLS peers and throwaway certificates the tests use.
 
+pub mod bench;
 pub mod driver;
 pub mod frontend;
 pub mod guest_memory;

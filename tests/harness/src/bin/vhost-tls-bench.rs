@@ -8,11 +8,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use rustls_pki_types::ServerName;
 use vhost_tls_harness::driver::{Recv, TlsDevice};
+use vhost_tls_harness::bench::{mib_per_s, per_second};
 use vhost_tls_harness::peers::{Behaviour, RustlsServer};
 use vhost_tls_harness::pki::{self, Validity};
 use vhost_tls_harness::testbed::{Testbed, LOOPBACK_POLICY};
@@ -107,18 +108,6 @@ fn main() {
 
 fn row(metric: &str, plain: f64, device: f64) {
     println!("{metric:<34} {plain:>14.1} {device:>14.1} {:>8.2}", device / plain);
-}
-
-fn mib_per_s(bytes: u64, run: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    run();
-    bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
-}
-
-fn per_second(count: usize, run: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    run();
-    count as f64 / start.elapsed().as_secs_f64()
 }
 
 fn plain_connect(config: &Arc<ClientConfig>, addr: SocketAddr) -> StreamOwned<ClientConnection, TcpStream> {
