@@ -523,12 +523,17 @@ impl Device {
                 return Err(Error::from_errno(err));
             }
             bindings::virtqueue_kick(self.control);
-            // Most answers come within tens of microseconds: look often at
-            // first, then back off to millisecond sleeps. A device silent
-            // for seconds has lost its backend.
+            // Most answers come within tens of microseconds: spin for them
+            // first, then look often, then back off to millisecond sleeps.
+            // A device silent for seconds has lost its backend.
+            let spin_until = bindings::ktime_get_mono_fast_ns() + CONTROL_SPIN_NS;
             let mut quick_polls = 0;
             let mut waited = 0;
             while bindings::virtqueue_get_buf(self.control, &mut used).is_null() {
+                if bindings::ktime_get_mono_fast_ns() < spin_until {
+                    core::hint::spin_loop();
+                    continue;
+                }
                 if quick_polls < CONTROL_QUICK_POLLS {
                     quick_polls += 1;
                     bindings::usleep_range_state(10, 20, bindings::TASK_UNINTERRUPTIBLE);
@@ -708,7 +713,12 @@ fn set_driver_ok(vdev: *mut bindings::virtio_device) {
 /// Sleeps of 1-2 ms a control request may take before the device is
 /// declared gone.
 const CONTROL_PATIENCE: u32 = 1500;
-/// Sleeps of 10-20 µs before those: where a request's answer usually is.
+/// How long a control request spins for its answer before sleeping. Even
+/// a 10 µs sleep costs far more in a TCG guest (a timer programmed and
+/// fired through the emulator), and the answer usually takes tens of
+/// microseconds; tests/vm/guest-bench prints the per-cycle cost.
+const CONTROL_SPIN_NS: u64 = 1_000_000;
+/// Sleeps of 10-20 µs after the spin, before the millisecond sleeps.
 /// Measured by tests/vm/guest-bench: with 1-2 ms sleeps only, each of a
 /// connect's five requests cost a millisecond or more.
 const CONTROL_QUICK_POLLS: u32 = 100;

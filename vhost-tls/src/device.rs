@@ -829,8 +829,7 @@ impl Device {
         }
         if request.how != wire::VIRTIO_TLS_SHUT_WR {
             socket.read_shut = true;
-            let pending = socket.rx_pending();
-            socket.take_rx(pending);
+            socket.discard_rx();
         }
         self.advance(id);
         Ok(())
@@ -915,12 +914,10 @@ impl Device {
                     self.fail_socket(id, Failure::new(Errno::ENOBUFS, "the driver sent more than its credit"));
                     return;
                 }
-                let mut bytes = vec![0u8; header.len as usize];
-                if payload.read_exact(&mut bytes).is_err() {
+                if socket.accept_tx(payload, header.len as usize).is_err() {
                     self.fail_socket(id, Failure::new(Errno::EFAULT, "unreadable data packet from the driver"));
                     return;
                 }
-                socket.push_tx(&bytes);
             }
             wire::VIRTIO_TLS_DATA_OP_RW | wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE => {}
             wire::VIRTIO_TLS_DATA_OP_CREDIT_REQUEST => socket.credit_update_wanted = true,
@@ -984,20 +981,22 @@ impl Device {
                     continue;
                 }
                 let len = want.min(room - DataHeader::SIZE).min(wire::MAX_DATA_PAYLOAD as usize);
-                let payload = socket.take_rx(len);
+                let (front, back) = socket.rx_slices(len);
+                let payload_len = front.len() + back.len();
                 let header = DataHeader {
                     socket_id: id,
                     op,
                     flags,
-                    len: payload.len() as u32,
+                    len: payload_len as u32,
                     buf_alloc: buf_size,
                     fwd_cnt: socket.fwd_cnt,
                     reserved: 0,
                 };
-                let written = queues::write_reply(mem, &chain, &[&header.encode(), &payload]).unwrap_or(0);
+                let written = queues::write_reply(mem, &chain, &[&header.encode(), front, back]).unwrap_or(0);
+                socket.consume_rx(payload_len);
                 queues::complete(vring, chain.head_index(), written);
                 used_any = true;
-                socket.rx_sent = socket.rx_sent.wrapping_add(payload.len() as u32);
+                socket.rx_sent = socket.rx_sent.wrapping_add(payload_len as u32);
                 socket.fwd_reported = socket.fwd_cnt;
                 socket.credit_update_wanted = false;
                 if flags & wire::VIRTIO_TLS_DATA_F_EOF != 0 {
@@ -1153,8 +1152,7 @@ impl Device {
         }
         if socket.closing {
             // The driver has forgotten this socket: nothing more for it.
-            let pending = socket.rx_pending();
-            socket.take_rx(pending);
+            socket.discard_rx();
             if socket.phase == Phase::Failed || socket.close_finished() {
                 let outcome = match &socket.session {
                     Some(session) if !session.established => Outcome::Abandoned,

@@ -15,10 +15,11 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use crate::guest_memory::GuestMemory;
 use crate::virtqueue::DriverQueue;
 
-/// Device features the harness driver understands: virtio 1.x and the
-/// device-specific bits. Not EVENT_IDX or INDIRECT_DESC: it kicks always
-/// and never builds indirect tables.
+/// Device features the harness driver understands: virtio 1.x, the
+/// device-specific bits and EVENT_IDX (as Linux guests negotiate it). Not
+/// INDIRECT_DESC: it never builds indirect tables.
 const DEVICE_FEATURE_BITS: u64 = (1 << 24) - 1;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 pub struct VhostUserDevice {
@@ -50,7 +51,7 @@ impl VhostUserDevice {
         frontend.set_owner().map_err(vhost_error)?;
         let offered = frontend.get_features().map_err(vhost_error)?;
         let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let acked_features = offered & (DEVICE_FEATURE_BITS | VIRTIO_F_VERSION_1 | protocol);
+        let acked_features = offered & (DEVICE_FEATURE_BITS | VIRTIO_RING_F_EVENT_IDX | VIRTIO_F_VERSION_1 | protocol);
         frontend.set_features(acked_features).map_err(vhost_error)?;
         if offered & protocol != 0 {
             let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ;
@@ -77,7 +78,8 @@ impl VhostUserDevice {
 
         let mut queues = Vec::with_capacity(num_queues);
         for (index, layout) in layouts.into_iter().enumerate() {
-            let queue = DriverQueue::new(memory.clone(), queue_size, layout)?;
+            let mut queue = DriverQueue::new(memory.clone(), queue_size, layout)?;
+            queue.set_event_idx(acked_features & VIRTIO_RING_F_EVENT_IDX != 0);
             // Like QEMU, vring addresses are given as front-end virtual
             // addresses; the backend translates them with the memory table.
             let va = |gpa: u64| memory.host_address() + gpa;
@@ -128,6 +130,15 @@ impl VhostUserDevice {
 
     /// Waits until the device signals any queue, or `timeout` passes.
     pub fn wait_for_interrupt(&self, timeout: Duration) {
+        // Interrupts are wanted only now, before sleeping; a chain used in
+        // the meantime means there is no need to sleep at all.
+        let mut pending = false;
+        for queue in &self.queues {
+            pending |= queue.enable_interrupts().unwrap_or(true);
+        }
+        if pending {
+            return;
+        }
         let mut fds: Vec<libc::pollfd> =
             self.queues.iter().map(|q| libc::pollfd { fd: q.call.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;

@@ -44,7 +44,13 @@ pub struct DriverQueue {
     /// Descriptors of each outstanding chain, by head.
     chains: Vec<Vec<u16>>,
     avail_idx: u16,
+    /// `avail_idx` when the device was last notified (or had said it
+    /// needed no notification).
+    notified_idx: u16,
     last_used: u16,
+    /// VIRTIO_RING_F_EVENT_IDX negotiated: kicks and interrupts are
+    /// suppressed through the avail_event and used_event fields.
+    event_idx: bool,
     pub kick: EventFd,
     pub call: EventFd,
 }
@@ -71,7 +77,9 @@ impl DriverQueue {
             free: (0..size).rev().collect(),
             chains: vec![Vec::new(); size as usize],
             avail_idx: 0,
+            notified_idx: 0,
             last_used: 0,
+            event_idx: false,
             kick: EventFd::new(EFD_NONBLOCK)?,
             call: EventFd::new(EFD_NONBLOCK)?,
         })
@@ -151,10 +159,42 @@ impl DriverQueue {
         self.memory.store_u16(self.avail_ring + 2, self.avail_idx)
     }
 
-    /// Notifies the device. The harness does not negotiate EVENT_IDX and
-    /// always kicks: a spare kick is harmless, a missing one a hang.
-    pub fn kick(&self) -> io::Result<()> {
+    /// With EVENT_IDX the device says where it wants kicks (avail_event)
+    /// and the driver where it wants interrupts (used_event).
+    pub fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    /// Notifies the device of the chains published since the last call,
+    /// unless it asked not to be (EVENT_IDX: its avail_event is not among
+    /// them), as Linux's virtqueue_kick_prepare() decides.
+    pub fn kick(&mut self) -> io::Result<()> {
+        let old = self.notified_idx;
+        let new = self.avail_idx;
+        self.notified_idx = new;
+        if self.event_idx {
+            // The new avail index must be visible before avail_event is
+            // read, or a device going to sleep could miss both.
+            fence(Ordering::SeqCst);
+            let avail_event = self.memory.load_u16(self.used_ring + 4 + 8 * u64::from(self.size))?;
+            if !need_event(avail_event, new, old) {
+                return Ok(());
+            }
+        }
         self.kick.write(1)
+    }
+
+    /// Asks for an interrupt at the next used chain (EVENT_IDX: sets
+    /// used_event; without it interrupts are never suppressed); true when
+    /// a used chain is already waiting, so the caller should not sleep.
+    /// Until the next call, used chains raise no interrupts: a driver that
+    /// is busy collecting them does not want to be woken for each.
+    pub fn enable_interrupts(&self) -> io::Result<bool> {
+        if self.event_idx {
+            self.memory.store_u16(self.avail_ring + 4 + 2 * u64::from(self.size), self.last_used)?;
+            fence(Ordering::SeqCst);
+        }
+        Ok(self.memory.load_u16(self.used_ring + 2)? != self.last_used)
     }
 
     /// The next chain the device has finished with: its head and the
@@ -176,5 +216,27 @@ impl DriverQueue {
         assert!(!chain.is_empty(), "the device returned chain {head} twice");
         self.free.extend(chain);
         Some((head, len))
+    }
+}
+
+/// vring_need_event() of the virtio spec (2.7.10): whether moving an index
+/// from `old` to `new` passes `event`.
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::need_event;
+
+    #[test]
+    fn need_event_fires_when_the_index_passes_the_event() {
+        assert!(need_event(5, 6, 5));
+        assert!(need_event(5, 9, 3));
+        assert!(!need_event(5, 5, 3));
+        assert!(!need_event(9, 6, 5));
+        // Across the wrap of the 16-bit indexes.
+        assert!(need_event(0xffff, 2, 0xfffe));
+        assert!(!need_event(3, 2, 0xfffe));
     }
 }

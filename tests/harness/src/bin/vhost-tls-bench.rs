@@ -3,7 +3,8 @@
 //! in the same run, printed with their ratios. A benchmark, not a test: it
 //! asserts nothing about speed.
 //!
-//! Usage: vhost-tls-bench [MIB_PER_DIRECTION] [HANDSHAKES]
+//! Usage: vhost-tls-bench [MIB_PER_DIRECTION] [HANDSHAKES] [--only METRIC,...]
+//! [--side plain|device|both] [--round-trips N] [--rounds N]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,10 +22,58 @@ use virtio_tls_spec::{self as wire, SockAddr};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Which measurements to run and on which side, so a profiler can look at
+/// one of them alone (`scripts/profile`).
+struct Selection {
+    only: Option<Vec<String>>,
+    plain: bool,
+    device: bool,
+}
+
+impl Selection {
+    fn wants(&self, metric: &str) -> bool {
+        self.only.as_ref().is_none_or(|names| names.iter().any(|n| n == metric))
+    }
+}
+
+const METRICS: [&str; 6] = ["download1", "upload1", "download8", "upload8", "handshakes", "round-trip"];
+
+fn usage() -> ! {
+    eprintln!("usage: vhost-tls-bench [MIB_PER_DIRECTION] [HANDSHAKES] [--only METRIC[,METRIC...]] [--side plain|device|both] [--round-trips N] [--rounds N]");
+    eprintln!("metrics: {}", METRICS.join(", "));
+    std::process::exit(2);
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let mib: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
-    let handshakes: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(300);
+    let mut positional = Vec::new();
+    let mut selection = Selection { only: None, plain: true, device: true };
+    let mut round_trips = 2000usize;
+    let mut rounds = 3usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--only" => {
+                let names: Vec<String> = args.next().unwrap_or_else(|| usage()).split(',').map(str::to_owned).collect();
+                if let Some(bad) = names.iter().find(|n| !METRICS.contains(&n.as_str())) {
+                    eprintln!("vhost-tls-bench: unknown metric {bad:?}");
+                    usage();
+                }
+                selection.only = Some(names);
+            }
+            "--side" => match args.next().as_deref() {
+                Some("plain") => selection.device = false,
+                Some("device") => selection.plain = false,
+                Some("both") => {}
+                _ => usage(),
+            },
+            "--round-trips" => round_trips = args.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| usage()),
+            "--rounds" => rounds = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or_else(|| usage()),
+            _ if arg.starts_with('-') => usage(),
+            _ => positional.push(arg),
+        }
+    }
+    let mib: u64 = positional.first().map(|a| a.parse().unwrap_or_else(|_| usage())).unwrap_or(256);
+    let handshakes: usize = positional.get(1).map(|a| a.parse().unwrap_or_else(|_| usage())).unwrap_or(300);
     let total = mib << 20;
 
     // The benchmark measures the device, not the policy's rate limit.
@@ -43,67 +92,102 @@ fn main() {
             .with_no_client_auth(),
     );
     let mut device = bed.driver();
+    // Each metric runs `rounds` times, plain and device alternating, and
+    // the medians are compared: load from other work on a shared machine
+    // then falls on both sides alike instead of on whichever ran during
+    // it. A side left out measures as NaN, and so does its ratio.
+    let measure = |plain: &mut dyn FnMut() -> f64, device: &mut dyn FnMut() -> f64| -> (f64, f64) {
+        let (mut plain_runs, mut device_runs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            plain_runs.push(if selection.plain { plain() } else { f64::NAN });
+            device_runs.push(if selection.device { device() } else { f64::NAN });
+        }
+        (median(plain_runs), median(device_runs))
+    };
 
-    println!("vhost-tls benchmark: {mib} MiB per direction and connection count, {handshakes} handshakes, TLS 1.3");
+    println!("vhost-tls benchmark: {mib} MiB per direction and connection count, {handshakes} handshakes, {round_trips} round trips, TLS 1.3; median of {rounds} alternating rounds");
     println!("machine: {} cores; plain = rustls client in this process over loopback TCP; device = the same through virtio-tls (harness as guest)", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!();
     println!("{:<34} {:>14} {:>14} {:>8}", "metric", "plain rustls", "device", "ratio");
 
     for connections in [1usize, 8] {
         let per_connection = total / connections as u64;
-        let source = RustlsServer::start(loopback, &identity, &versions, Behaviour::Source { total: per_connection });
-        let plain = mib_per_s(total, || plain_download(&client, source.addr, connections));
-        let through = mib_per_s(total, || device_download(&mut device, source.addr, connections));
-        row(&format!("download MiB/s, {connections} conn"), plain, through);
-
-        let sink = RustlsServer::start(loopback, &identity, &versions, Behaviour::Sink);
-        let plain = mib_per_s(total, || plain_upload(&client, sink.addr, connections, per_connection));
-        let through = mib_per_s(total, || device_upload(&mut device, sink.addr, connections, per_connection, &bed));
-        row(&format!("upload MiB/s, {connections} conn"), plain, through);
+        if selection.wants(&format!("download{connections}")) {
+            let source = RustlsServer::start(loopback, &identity, &versions, Behaviour::Source { total: per_connection });
+            let (plain, through) = measure(
+                &mut || mib_per_s(total, || plain_download(&client, source.addr, connections)),
+                &mut || mib_per_s(total, || device_download(&mut device, source.addr, connections)),
+            );
+            row(&format!("download MiB/s, {connections} conn"), plain, through);
+        }
+        if selection.wants(&format!("upload{connections}")) {
+            let sink = RustlsServer::start(loopback, &identity, &versions, Behaviour::Sink);
+            let (plain, through) = measure(
+                &mut || mib_per_s(total, || plain_upload(&client, sink.addr, connections, per_connection)),
+                &mut || mib_per_s(total, || device_upload(&mut device, sink.addr, connections, per_connection, &bed)),
+            );
+            row(&format!("upload MiB/s, {connections} conn"), plain, through);
+        }
     }
 
     let echo = RustlsServer::start(loopback, &identity, &versions, Behaviour::Echo);
-    let plain = per_second(handshakes, || {
-        for _ in 0..handshakes {
-            let mut tls = plain_connect(&client, echo.addr);
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
-        }
-    });
-    let through = per_second(handshakes, || {
-        for _ in 0..handshakes {
-            let id = device_connect(&mut device, echo.addr);
-            device.close(id).unwrap();
-        }
-    });
-    row("handshakes/s (sequential)", plain, through);
+    if selection.wants("handshakes") {
+        let plain_cycles = || {
+            for _ in 0..handshakes {
+                let mut tls = plain_connect(&client, echo.addr);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        };
+        let (plain, through) = measure(&mut || per_second(handshakes, plain_cycles), &mut || {
+            per_second(handshakes, || {
+                for _ in 0..handshakes {
+                    let id = device_connect(&mut device, echo.addr);
+                    device.close(id).unwrap();
+                }
+            })
+        });
+        row("handshakes/s (sequential)", plain, through);
+    }
 
-    let round_trips = 2000;
-    let mut tls = plain_connect(&client, echo.addr);
-    let plain = per_second(round_trips, || {
-        let mut byte = [0u8; 64];
-        for _ in 0..round_trips {
-            tls.write_all(&byte).unwrap();
-            tls.read_exact(&mut byte).unwrap();
-        }
-    });
-    let id = device_connect(&mut device, echo.addr);
-    let through = per_second(round_trips, || {
-        for _ in 0..round_trips {
-            device.send_all(id, &[0u8; 64], TIMEOUT).unwrap();
-            device.read_exact(id, 64, TIMEOUT).unwrap();
-        }
-    });
-    device.close(id).unwrap();
-    println!(
-        "{:<34} {:>14.1} {:>14.1} {:>8.2}",
-        "64-byte round trip, µs (lower=better)",
-        1e6 / plain,
-        1e6 / through,
-        plain / through
-    );
+    if selection.wants("round-trip") {
+        let plain_round_trips = || {
+            let mut tls = plain_connect(&client, echo.addr);
+            let mut byte = [0u8; 64];
+            per_second(round_trips, || {
+                for _ in 0..round_trips {
+                    tls.write_all(&byte).unwrap();
+                    tls.read_exact(&mut byte).unwrap();
+                }
+            })
+        };
+        let (plain, through) = measure(&mut || plain_round_trips(), &mut || {
+            let id = device_connect(&mut device, echo.addr);
+            let rate = per_second(round_trips, || {
+                for _ in 0..round_trips {
+                    device.send_all(id, &[0u8; 64], TIMEOUT).unwrap();
+                    device.read_exact(id, 64, TIMEOUT).unwrap();
+                }
+            });
+            device.close(id).unwrap();
+            rate
+        });
+        println!(
+            "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+            "64-byte round trip, µs (lower=better)",
+            1e6 / plain,
+            1e6 / through,
+            plain / through
+        );
+    }
     println!();
     println!("ratio = device / plain for rates (1.00 = as fast as rustls on the host); for the round trip, device time / plain time.");
+}
+
+/// The middle value (NaN when the side was not measured).
+fn median(mut runs: Vec<f64>) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs.get(runs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn row(metric: &str, plain: f64, device: f64) {
