@@ -215,7 +215,7 @@ impl SocketEntry {
 }
 
 const RX_BUFFERS: usize = 16;
-const RX_PAYLOAD: usize = 8192;
+const RX_PAYLOAD: usize = 16384;
 const RX_BUFFER: usize = wire::DataHeader::SIZE + RX_PAYLOAD;
 const TX_PAYLOAD: usize = 4096;
 /// The driver's receive buffer per socket (its buf_alloc).
@@ -1162,12 +1162,11 @@ unsafe extern "C" fn tls_connect(
             // The device keeps connecting; like TCP, a later connect says
             // EALREADY until it is done.
             None if interrupted() => return -(bindings::EINTR as c_int), // still SS_CONNECTING: EALREADY next
-            // SAFETY: sleeping in process context.
-            // Handshakes on loopback take a few milliseconds: look often
-            // during those, then less.
-            None if waits < 200 => unsafe { bindings::usleep_range_state(20, 50, bindings::TASK_UNINTERRUPTIBLE) },
-            // SAFETY: sleeping in process context.
-            None => unsafe { bindings::usleep_range_state(200, 1000, bindings::TASK_UNINTERRUPTIBLE) },
+            // CONNECT_DONE comes as an event, whose interrupt ends the
+            // wait; the timeouts only bound a missed wake-up. Handshakes on
+            // loopback take a few milliseconds: short ones during those.
+            None if waits < 200 => wait_for_device(50),
+            None => wait_for_device(1000),
         }
     }
     -(bindings::ETIMEDOUT as c_int)
@@ -1200,9 +1199,37 @@ fn passed(deadline: Option<u64>) -> bool {
     deadline.is_some_and(|end| (now_jiffies().wrapping_sub(end) as i64) >= 0)
 }
 
+/// Waits a little for the device: for data, credit or an event.
 fn sleep_briefly() {
-    // SAFETY: sleeping in process context.
-    unsafe { bindings::usleep_range_state(50, 500, bindings::TASK_UNINTERRUPTIBLE) };
+    wait_for_device(500);
+}
+
+/// Sleeps until the device returns a buffer on the event or a receive
+/// queue (their interrupts wake WAITERS, see queue_interrupt) or `max_us`
+/// pass, whichever is first. Callers check their condition before and
+/// after: a wake-up that comes between their check and this call is
+/// missed, and the timeout bounds what that costs. Waking on the interrupt
+/// instead of sleeping a fixed time is what lets a blocked recv see data
+/// as soon as it lands (a TCG guest pays dearly for each timer sleep).
+fn wait_for_device(max_us: u64) {
+    // SAFETY: a plain C struct, initialised by init_wait_entry below.
+    let mut entry: bindings::wait_queue_entry = unsafe { core::mem::zeroed() };
+    let mut expires: bindings::ktime_t = (max_us * 1000) as bindings::ktime_t;
+    // SAFETY: process context with no lock held (callers drop the control
+    // lock first); WAITERS is initialised in init, before any socket
+    // exists; `entry` stays on this stack until finish_wait has taken it
+    // off the queue again. prepare_to_wait_event sets the task state the
+    // hrtimer sleep then sleeps in; with a signal pending it does not, and
+    // the caller sees the signal.
+    unsafe {
+        bindings::init_wait_entry(&mut entry, 0);
+        let pending_signal =
+            bindings::prepare_to_wait_event(WAITERS.0.get(), &mut entry, bindings::TASK_INTERRUPTIBLE as c_int) != 0;
+        if !pending_signal {
+            bindings::schedule_hrtimeout_range(&mut expires, max_us * 250, bindings::hrtimer_mode_HRTIMER_MODE_REL);
+        }
+        bindings::finish_wait(WAITERS.0.get(), &mut entry);
+    }
 }
 
 fn nonblocking(sock: *mut bindings::socket, flags: c_int) -> bool {

@@ -27,6 +27,9 @@ pub enum Behaviour {
     Source { total: u64 },
     /// Reads and counts everything, answers the client's close_notify.
     Sink,
+    /// As `Sink`, without hashing what it reads: for benchmarks, where the
+    /// peer should spend no CPU beyond TLS itself (its digest is empty).
+    Discard,
     /// Completes the handshake, then drops TCP without close_notify after
     /// sending `bytes` of [`Pattern`].
     DropAfter { bytes: u64 },
@@ -129,6 +132,14 @@ fn serve_connection(tcp: TcpStream, config: Arc<ServerConfig>, stats: Arc<Server
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     digest.update(&buf[..n]);
+                    stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        },
+        Behaviour::Discard => loop {
+            match tls.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
                     stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }

@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use rustls_pki_types::ServerName;
@@ -96,37 +96,44 @@ fn main() {
     // the medians are compared: load from other work on a shared machine
     // then falls on both sides alike instead of on whichever ran during
     // it. A side left out measures as NaN, and so does its ratio.
-    let measure = |plain: &mut dyn FnMut() -> f64, device: &mut dyn FnMut() -> f64| -> (f64, f64) {
-        let (mut plain_runs, mut device_runs) = (Vec::new(), Vec::new());
+    // The device side also reports how busy the backend's worker thread
+    // was (its CPU time over the wall time): near 100% means the one
+    // worker, not the guest side or the peer, is what bounds the figure.
+    let measure = |plain: &mut dyn FnMut() -> f64, device: &mut dyn FnMut() -> f64| -> (f64, f64, f64) {
+        let (mut plain_runs, mut device_runs, mut busy_runs) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             plain_runs.push(if selection.plain { plain() } else { f64::NAN });
-            device_runs.push(if selection.device { device() } else { f64::NAN });
+            if selection.device {
+                let (cpu, wall) = (worker_cpu_seconds(), Instant::now());
+                device_runs.push(device());
+                busy_runs.push((worker_cpu_seconds() - cpu) / wall.elapsed().as_secs_f64());
+            }
         }
-        (median(plain_runs), median(device_runs))
+        (median(plain_runs), median(device_runs), median(busy_runs))
     };
 
     println!("vhost-tls benchmark: {mib} MiB per direction and connection count, {handshakes} handshakes, {round_trips} round trips, TLS 1.3; median of {rounds} alternating rounds");
     println!("machine: {} cores; plain = rustls client in this process over loopback TCP; device = the same through virtio-tls (harness as guest)", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!();
-    println!("{:<34} {:>14} {:>14} {:>8}", "metric", "plain rustls", "device", "ratio");
+    println!("{:<34} {:>14} {:>14} {:>8} {:>12}", "metric", "plain rustls", "device", "ratio", "worker busy");
 
     for connections in [1usize, 8] {
         let per_connection = total / connections as u64;
         if selection.wants(&format!("download{connections}")) {
             let source = RustlsServer::start(loopback, &identity, &versions, Behaviour::Source { total: per_connection });
-            let (plain, through) = measure(
+            let (plain, through, busy) = measure(
                 &mut || mib_per_s(total, || plain_download(&client, source.addr, connections)),
                 &mut || mib_per_s(total, || device_download(&mut device, source.addr, connections)),
             );
-            row(&format!("download MiB/s, {connections} conn"), plain, through);
+            row(&format!("download MiB/s, {connections} conn"), plain, through, busy);
         }
         if selection.wants(&format!("upload{connections}")) {
-            let sink = RustlsServer::start(loopback, &identity, &versions, Behaviour::Sink);
-            let (plain, through) = measure(
+            let sink = RustlsServer::start(loopback, &identity, &versions, Behaviour::Discard);
+            let (plain, through, busy) = measure(
                 &mut || mib_per_s(total, || plain_upload(&client, sink.addr, connections, per_connection)),
                 &mut || mib_per_s(total, || device_upload(&mut device, sink.addr, connections, per_connection, &bed)),
             );
-            row(&format!("upload MiB/s, {connections} conn"), plain, through);
+            row(&format!("upload MiB/s, {connections} conn"), plain, through, busy);
         }
     }
 
@@ -139,7 +146,7 @@ fn main() {
                 let _ = tls.flush();
             }
         };
-        let (plain, through) = measure(&mut || per_second(handshakes, plain_cycles), &mut || {
+        let (plain, through, busy) = measure(&mut || per_second(handshakes, plain_cycles), &mut || {
             per_second(handshakes, || {
                 for _ in 0..handshakes {
                     let id = device_connect(&mut device, echo.addr);
@@ -147,7 +154,7 @@ fn main() {
                 }
             })
         });
-        row("handshakes/s (sequential)", plain, through);
+        row("handshakes/s (sequential)", plain, through, busy);
     }
 
     if selection.wants("round-trip") {
@@ -161,7 +168,7 @@ fn main() {
                 }
             })
         };
-        let (plain, through) = measure(&mut || plain_round_trips(), &mut || {
+        let (plain, through, busy) = measure(&mut || plain_round_trips(), &mut || {
             let id = device_connect(&mut device, echo.addr);
             let rate = per_second(round_trips, || {
                 for _ in 0..round_trips {
@@ -173,11 +180,12 @@ fn main() {
             rate
         });
         println!(
-            "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+            "{:<34} {:>14.1} {:>14.1} {:>8.2} {:>11.0}%",
             "64-byte round trip, µs (lower=better)",
             1e6 / plain,
             1e6 / through,
-            plain / through
+            plain / through,
+            busy * 100.0
         );
     }
     println!();
@@ -190,8 +198,30 @@ fn median(mut runs: Vec<f64>) -> f64 {
     runs.get(runs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn row(metric: &str, plain: f64, device: f64) {
-    println!("{metric:<34} {plain:>14.1} {device:>14.1} {:>8.2}", device / plain);
+fn row(metric: &str, plain: f64, device: f64, busy: f64) {
+    println!("{metric:<34} {plain:>14.1} {device:>14.1} {:>8.2} {:>11.0}%", device / plain, busy * 100.0);
+}
+
+/// CPU time (user + system) the backend's worker thread has used so far:
+/// vhost-user-backend names it `vring_worker`.
+fn worker_cpu_seconds() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return f64::NAN };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != "vring_worker" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        ticks += fields.get(11).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        ticks += fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ticks as f64 / ticks_per_second
 }
 
 fn plain_connect(config: &Arc<ClientConfig>, addr: SocketAddr) -> StreamOwned<ClientConnection, TcpStream> {
