@@ -613,7 +613,7 @@ impl TlsDevice {
                 assert!(len <= RX_BUFFER_SIZE, "the device wrote {len} bytes into a {RX_BUFFER_SIZE}-byte buffer");
                 let bytes = &mut self.rx_scratch[..len as usize];
                 self.device.memory().read(addr, bytes).expect("read rx");
-                let header = DataHeader::decode(&bytes).expect("header");
+                let header = DataHeader::decode(bytes).expect("header");
                 assert_eq!(header.len as usize, len as usize - DataHeader::SIZE, "used length matches the header");
                 if let Some(socket) = self.sockets.get_mut(&header.socket_id) {
                     socket.peer_buf_alloc = header.buf_alloc;
