@@ -80,7 +80,7 @@ fn guest() -> &'static Mutex<Guest> {
         let fixture = vhost_tls_fuzz::fixture();
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("vhost-tls.sock");
-        let server = Server::start(&socket, fixture.policy.clone(), DeviceShape { queue_pairs: 1 }).expect("start the backend");
+        let server = Server::start(&socket, fixture.policy.clone(), DeviceShape::with_pairs(1)).expect("start the backend");
         let mut memory = GuestMemory::new(MEMORY_SIZE).expect("guest memory");
         // The areas come first; the front end lays out the rings after them.
         let indirect_area = memory.alloc(AREA_SIZE, 16).expect("indirect area");

@@ -183,7 +183,7 @@ impl Default for Session {
 
 impl Session {
     pub fn new() -> Session {
-        let device = Device::new(fixture().policy.clone(), DeviceShape { queue_pairs: QUEUE_PAIRS }).expect("create a device");
+        let device = Device::new(fixture().policy.clone(), DeviceShape::with_pairs(QUEUE_PAIRS)).expect("create a device");
         Session { device }
     }
 

@@ -41,6 +41,16 @@ const CLOSE_LINGER: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct DeviceShape {
     pub queue_pairs: u16,
+    /// How long the worker keeps polling after a wake-up (zero: it sleeps
+    /// at once). Trades CPU for round-trip latency; `--busy-poll-us`.
+    pub busy_poll: Duration,
+}
+
+impl DeviceShape {
+    /// `queue_pairs` data queue pairs, no busy polling.
+    pub fn with_pairs(queue_pairs: u16) -> DeviceShape {
+        DeviceShape { queue_pairs, busy_poll: Duration::ZERO }
+    }
 }
 
 /// A snapshot of one socket, for operators and tests.
@@ -315,6 +325,34 @@ impl Device {
         }
         if let Some(eventq) = vrings.get(wire::EVENTQ as usize) {
             self.flush_events(&mem, eventq);
+        }
+        if !self.shape.busy_poll.is_zero() {
+            self.busy_poll(&mem, vrings);
+        }
+    }
+
+    /// Stays awake for `busy_poll` after a wake-up, looking at the sockets
+    /// and the transmit queues, so an answer that comes within that time is
+    /// handled without the epoll sleep and wake-up in between (as
+    /// vhost-net's busyloop_timeout). Costs CPU: the worker spins for that
+    /// long after every wake-up. The device lock is held meanwhile, so
+    /// control requests and `vhost-tls ctl` wait at most that long.
+    fn busy_poll(&mut self, mem: &MemoryGuard, vrings: &[Vring]) {
+        let until = Instant::now() + self.shape.busy_poll;
+        while Instant::now() < until {
+            self.process_network();
+            for pair in 0..self.shape.queue_pairs {
+                if let Some(txq) = vrings.get(wire::tx_queue(pair) as usize) {
+                    self.process_tx(mem, txq, pair);
+                }
+                if let Some(rxq) = vrings.get(wire::rx_queue(pair) as usize) {
+                    self.flush_rx(mem, rxq, pair);
+                }
+            }
+            if let Some(eventq) = vrings.get(wire::EVENTQ as usize) {
+                self.flush_events(mem, eventq);
+            }
+            std::hint::spin_loop();
         }
     }
 

@@ -33,6 +33,11 @@ enum Command {
         /// Data queue pairs (QEMU's num_vqs is 2 + 2 x this).
         #[arg(long, default_value_t = 1)]
         queue_pairs: u16,
+        /// Microseconds the worker keeps polling sockets and queues after
+        /// each wake-up before it sleeps: lower round-trip latency for more
+        /// CPU (docs/performance.md). 0, the default, never polls.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+        busy_poll_us: u64,
         /// Unix socket for `vhost-tls ctl` (sockets, policy, reload, metrics).
         #[arg(long)]
         control_socket: Option<PathBuf>,
@@ -138,7 +143,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { socket_path, policy: policy_path, queue_pairs, control_socket, audit_log, sandbox: mode, user } => {
+        Command::Serve { socket_path, policy: policy_path, queue_pairs, busy_poll_us, control_socket, audit_log, sandbox: mode, user } => {
             let policy = match Policy::load(&policy_path) {
                 Ok(policy) => Arc::new(policy),
                 Err(error) => {
@@ -157,7 +162,8 @@ fn main() -> ExitCode {
                 keep_net_bind_service: sandbox::maps_privileged_ports(&policy),
             };
             let options = ServeOptions { policy_path, control_socket, audit_log, sandbox };
-            match serve(socket_path, policy, queue_pairs, options) {
+            let shape = DeviceShape { queue_pairs, busy_poll: std::time::Duration::from_micros(busy_poll_us) };
+            match serve(socket_path, policy, shape, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("vhost-tls: {error}");
@@ -183,7 +189,7 @@ struct ServeOptions {
     sandbox: SandboxPlan,
 }
 
-fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
+fn serve(socket_path: PathBuf, policy: Arc<Policy>, shape: DeviceShape, options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
     // Opened before anything listens, so a path that cannot be written
     // stops the backend before a VM depends on it.
     let audit_log = match &options.audit_log {
@@ -208,7 +214,7 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: S
     };
     // Confined once every socket is bound and before any thread starts.
     let confine = || sandbox::confine(&options.sandbox).map(|_| ());
-    let server = match Server::start_confined(&socket_path, policy, DeviceShape { queue_pairs }, confine) {
+    let server = match Server::start_confined(&socket_path, policy, shape.clone(), confine) {
         Ok(server) => Arc::new(server),
         Err(error) => {
             if let Some(path) = &options.control_socket {
@@ -225,7 +231,7 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, queue_pairs: u16, options: S
         control::serve(listener, control.clone())?;
         tracing::info!(control_socket = %path.display(), "control socket ready");
     }
-    tracing::info!(socket = %socket_path.display(), queue_pairs, "waiting for the front end");
+    tracing::info!(socket = %socket_path.display(), queue_pairs = shape.queue_pairs, busy_poll_us = shape.busy_poll.as_micros() as u64, "waiting for the front end");
     let on_signal = server.clone();
     let cleanup_path = socket_path.clone();
     let control_path = options.control_socket.clone();

@@ -55,6 +55,22 @@ fn serve_refuses_a_bad_policy_before_listening() {
 }
 
 #[test]
+fn serve_refuses_a_busy_poll_beyond_a_millisecond() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/policy-example.toml");
+    let out = vhost_tls()
+        .args(["serve", "--busy-poll-us", "5000", "--policy", example, "--socket-path"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--busy-poll-us") && stderr.contains("5000"), "{stderr}");
+    assert!(!socket.exists());
+}
+
+#[test]
 fn serve_exits_cleanly_on_sigterm_while_waiting() {
     let (_dir, socket, mut child) = spawn_serve("");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

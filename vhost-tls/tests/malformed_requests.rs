@@ -15,7 +15,7 @@ fn device() -> Device {
     let mut policy = Policy::builtin_default();
     policy.limits.max_sockets = 4;
     policy.limits.socket_buffer_bytes = 4096;
-    Device::new(Arc::new(policy), DeviceShape { queue_pairs: 1 }).expect("device")
+    Device::new(Arc::new(policy), DeviceShape::with_pairs(1)).expect("device")
 }
 
 fn request(op: u16, socket_id: u32, payload: &[u8]) -> Vec<u8> {

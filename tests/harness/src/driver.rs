@@ -549,6 +549,12 @@ impl TlsDevice {
     // Used rings
     // ------------------------------------------------------------------
 
+    /// Polls for up to `duration` for the device's answers before sleeping
+    /// for an interrupt (zero, the default: sleeps at once).
+    pub fn set_busy_poll(&mut self, duration: Duration) {
+        self.device.set_busy_poll(duration);
+    }
+
     /// Processes everything the device returned, waiting up to `timeout`
     /// for the first interrupt.
     pub fn poll(&mut self, timeout: Duration) {

@@ -58,6 +58,11 @@ impl Testbed {
     /// Like `start_with_pairs`, with `prepare` writing files the policy
     /// names (server identities, say) into the testbed's directory first.
     pub fn start_with_files(policy_toml: &str, queue_pairs: u16, prepare: impl FnOnce(&TestCa, &Path)) -> Testbed {
+        Self::start_with_shape(policy_toml, DeviceShape::with_pairs(queue_pairs), prepare)
+    }
+
+    /// The general form: the device's whole shape (queue pairs, busy polling).
+    pub fn start_with_shape(policy_toml: &str, shape: DeviceShape, prepare: impl FnOnce(&TestCa, &Path)) -> Testbed {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = TestCa::new("vhost-tls test CA");
         std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).expect("write ca.pem");
@@ -65,7 +70,7 @@ impl Testbed {
         let policy = Policy::from_toml_str(policy_toml, "test-policy.toml", dir.path())
             .unwrap_or_else(|e| panic!("test policy: {e}"));
         let socket = dir.path().join("vhost-tls.sock");
-        let server = Server::start(&socket, Arc::new(policy), DeviceShape { queue_pairs }).expect("start backend");
+        let server = Server::start(&socket, Arc::new(policy), shape).expect("start backend");
         Testbed { ca, server, dir }
     }
 

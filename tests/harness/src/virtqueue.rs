@@ -184,6 +184,11 @@ impl DriverQueue {
         self.kick.write(1)
     }
 
+    /// Whether the device has returned a chain not yet popped.
+    pub fn has_used(&self) -> bool {
+        self.memory.load_u16(self.used_ring + 2).map_or(true, |used| used != self.last_used)
+    }
+
     /// Asks for an interrupt at the next used chain (EVENT_IDX: sets
     /// used_event; without it interrupts are never suppressed); true when
     /// a used chain is already waiting, so the caller should not sleep.
@@ -194,7 +199,7 @@ impl DriverQueue {
             self.memory.store_u16(self.avail_ring + 4 + 2 * u64::from(self.size), self.last_used)?;
             fence(Ordering::SeqCst);
         }
-        Ok(self.memory.load_u16(self.used_ring + 2)? != self.last_used)
+        Ok(self.has_used())
     }
 
     /// The next chain the device has finished with: its head and the

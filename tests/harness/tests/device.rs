@@ -320,6 +320,48 @@ fn uploads_end_with_every_byte_then_close_notify() {
     assert_eq!(digests, vec![Pattern::digest(TOTAL); 6]);
 }
 
+/// With `--busy-poll-us` the worker keeps polling after each wake-up and
+/// the guest side polls before sleeping: the same bytes, in order, both
+/// ways, with control requests, echoes and an upload that ends in
+/// close_notify all working while the worker spins.
+#[test]
+fn busy_polling_moves_the_same_bytes() {
+    const TOTAL: u64 = 8 << 20;
+    let busy_poll = Duration::from_micros(200);
+    let shape = vhost_tls::DeviceShape { queue_pairs: 1, busy_poll };
+    let bed = Testbed::start_with_shape(LOOPBACK_POLICY, shape, |_, _| {});
+    let identity = bed.ca.issue(&pki::loopback_names(), Validity::Current);
+    let echo = RustlsServer::start("127.0.0.1:0".parse().unwrap(), &identity, &tls13(), Behaviour::Echo);
+    let sink = RustlsServer::start("127.0.0.1:0".parse().unwrap(), &identity, &tls13(), Behaviour::Sink);
+    let mut device = bed.driver();
+    device.set_busy_poll(busy_poll);
+
+    let (id, result) = connect(&mut device, echo.addr, Some("localhost"));
+    result.unwrap();
+    for size in [1usize, 64, 1000, 16 * 1024 + 1, 100_000] {
+        let message: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        echo_round_trip(&mut device, id, &message);
+    }
+    assert_eq!(device.get_option(id, wire::TLS_HOSTNAME, 64).unwrap(), b"localhost");
+    device.close(id).unwrap();
+
+    let (id, result) = connect(&mut device, sink.addr, Some("localhost"));
+    result.unwrap();
+    let mut pattern = Pattern::new(TOTAL);
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = pattern.fill(&mut chunk);
+        if n == 0 {
+            break;
+        }
+        device.send_all(id, &chunk[..n], TIMEOUT).unwrap();
+    }
+    device.shutdown(id, wire::VIRTIO_TLS_SHUT_WR).unwrap();
+    assert_eq!(device.recv(id, 1024, Duration::from_secs(20)), Recv::Eof);
+    device.close(id).unwrap();
+    assert_eq!(sink.stats.received_digests.lock().unwrap().clone(), vec![Pattern::digest(TOTAL)]);
+}
+
 #[test]
 fn a_reader_that_stops_bounds_host_buffering() {
     const TOTAL: u64 = 32 << 20;

@@ -4,7 +4,7 @@
 //! asserts nothing about speed.
 //!
 //! Usage: vhost-tls-bench [MIB_PER_DIRECTION] [HANDSHAKES] [--only METRIC,...]
-//! [--side plain|device|both] [--round-trips N] [--rounds N]
+//! [--side plain|device|both] [--round-trips N] [--rounds N] [--busy-poll-us N]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,6 +18,7 @@ use vhost_tls_harness::bench::{mib_per_s, per_second};
 use vhost_tls_harness::peers::{Behaviour, RustlsServer};
 use vhost_tls_harness::pki::{self, Validity};
 use vhost_tls_harness::testbed::{Testbed, LOOPBACK_POLICY};
+use vhost_tls::DeviceShape;
 use virtio_tls_spec::{self as wire, SockAddr};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,7 +40,7 @@ impl Selection {
 const METRICS: [&str; 6] = ["download1", "upload1", "download8", "upload8", "handshakes", "round-trip"];
 
 fn usage() -> ! {
-    eprintln!("usage: vhost-tls-bench [MIB_PER_DIRECTION] [HANDSHAKES] [--only METRIC[,METRIC...]] [--side plain|device|both] [--round-trips N] [--rounds N]");
+    eprintln!("usage: vhost-tls-bench [MIB_PER_DIRECTION] [HANDSHAKES] [--only METRIC[,METRIC...]] [--side plain|device|both] [--round-trips N] [--rounds N] [--busy-poll-us N]");
     eprintln!("metrics: {}", METRICS.join(", "));
     std::process::exit(2);
 }
@@ -49,6 +50,7 @@ fn main() {
     let mut selection = Selection { only: None, plain: true, device: true };
     let mut round_trips = 2000usize;
     let mut rounds = 3usize;
+    let mut busy_poll_us = 50u64;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -67,6 +69,7 @@ fn main() {
                 _ => usage(),
             },
             "--round-trips" => round_trips = args.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| usage()),
+            "--busy-poll-us" => busy_poll_us = args.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| usage()),
             "--rounds" => rounds = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or_else(|| usage()),
             _ if arg.starts_with('-') => usage(),
             _ => positional.push(arg),
@@ -97,25 +100,27 @@ fn main() {
     // then falls on both sides alike instead of on whichever ran during
     // it. A side left out measures as NaN, and so does its ratio.
     // The device side also reports how busy the backend's worker thread
-    // was (its CPU time over the wall time): near 100% means the one
-    // worker, not the guest side or the peer, is what bounds the figure.
-    let measure = |plain: &mut dyn FnMut() -> f64, device: &mut dyn FnMut() -> f64| -> (f64, f64, f64) {
-        let (mut plain_runs, mut device_runs, mut busy_runs) = (Vec::new(), Vec::new(), Vec::new());
+    // and the harness's guest thread (this one) were: their CPU time over
+    // the wall time. Near 100% means that thread is what bounds the figure.
+    let measure = |plain: &mut dyn FnMut() -> f64, device: &mut dyn FnMut() -> f64| -> (f64, f64, Busy) {
+        let (mut plain_runs, mut device_runs, mut worker_runs, mut guest_runs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             plain_runs.push(if selection.plain { plain() } else { f64::NAN });
             if selection.device {
-                let (cpu, wall) = (worker_cpu_seconds(), Instant::now());
+                let (worker, guest, wall) = (thread_cpu_seconds(WORKER), thread_cpu_seconds(GUEST), Instant::now());
                 device_runs.push(device());
-                busy_runs.push((worker_cpu_seconds() - cpu) / wall.elapsed().as_secs_f64());
+                let elapsed = wall.elapsed().as_secs_f64();
+                worker_runs.push((thread_cpu_seconds(WORKER) - worker) / elapsed);
+                guest_runs.push((thread_cpu_seconds(GUEST) - guest) / elapsed);
             }
         }
-        (median(plain_runs), median(device_runs), median(busy_runs))
+        (median(plain_runs), median(device_runs), Busy { worker: median(worker_runs), guest: median(guest_runs) })
     };
 
     println!("vhost-tls benchmark: {mib} MiB per direction and connection count, {handshakes} handshakes, {round_trips} round trips, TLS 1.3; median of {rounds} alternating rounds");
     println!("machine: {} cores; plain = rustls client in this process over loopback TCP; device = the same through virtio-tls (harness as guest)", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!();
-    println!("{:<34} {:>14} {:>14} {:>8} {:>12}", "metric", "plain rustls", "device", "ratio", "worker busy");
+    println!("{:<34} {:>14} {:>14} {:>8} {:>8} {:>8}", "metric", "plain rustls", "device", "ratio", "worker", "guest");
 
     for connections in [1usize, 8] {
         let per_connection = total / connections as u64;
@@ -168,8 +173,8 @@ fn main() {
                 }
             })
         };
-        let (plain, through, busy) = measure(&mut || plain_round_trips(), &mut || {
-            let id = device_connect(&mut device, echo.addr);
+        let device_round_trips = |device: &mut TlsDevice, echo: SocketAddr| {
+            let id = device_connect(device, echo);
             let rate = per_second(round_trips, || {
                 for _ in 0..round_trips {
                     device.send_all(id, &[0u8; 64], TIMEOUT).unwrap();
@@ -178,18 +183,47 @@ fn main() {
             });
             device.close(id).unwrap();
             rate
-        });
-        println!(
-            "{:<34} {:>14.1} {:>14.1} {:>8.2} {:>11.0}%",
-            "64-byte round trip, µs (lower=better)",
-            1e6 / plain,
-            1e6 / through,
-            plain / through,
-            busy * 100.0
-        );
+        };
+        let (plain, through, busy) = measure(&mut || plain_round_trips(), &mut || device_round_trips(&mut device, echo.addr));
+        round_trip_row("64-byte round trip, µs (lower=better)", plain, through, busy);
+        if busy_poll_us > 0 {
+            // The same with both sides of the device polling before they
+            // sleep: the backend (`--busy-poll-us`) and the harness's
+            // guest, as a latency-minded guest does with busy_poll.
+            let busy_poll = Duration::from_micros(busy_poll_us);
+            let shape = DeviceShape { queue_pairs: 1, busy_poll };
+            let polling_bed = Testbed::start_with_shape(LOOPBACK_POLICY, shape, |_, _| {});
+            let identity = polling_bed.ca.issue(&pki::loopback_names(), Validity::Current);
+            let polling_echo = RustlsServer::start(loopback, &identity, &versions, Behaviour::Echo);
+            let mut polling_device = polling_bed.driver();
+            polling_device.set_busy_poll(busy_poll);
+            // Against a plain client that polls too (a non-blocking socket
+            // read in a loop), so that like is compared with like.
+            let plain_polling = || {
+                let mut tls = plain_connect(&client, echo.addr);
+                tls.sock.set_nonblocking(true).unwrap();
+                let mut byte = [0u8; 64];
+                per_second(round_trips, || {
+                    for _ in 0..round_trips {
+                        tls.write_all(&byte).unwrap();
+                        let mut got = 0;
+                        while got < byte.len() {
+                            match tls.read(&mut byte[got..]) {
+                                Ok(n) => got += n,
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                                Err(e) => panic!("round trip: {e}"),
+                            }
+                        }
+                    }
+                })
+            };
+            let (plain, through, busy) = measure(&mut || plain_polling(), &mut || device_round_trips(&mut polling_device, polling_echo.addr));
+            round_trip_row(&format!("  all polling ({busy_poll_us} µs device)"), plain, through, busy);
+        }
     }
     println!();
     println!("ratio = device / plain for rates (1.00 = as fast as rustls on the host); for the round trip, device time / plain time.");
+    println!("worker, guest = CPU share of the backend's worker thread and of the harness thread playing the guest, during the device runs.");
 }
 
 /// The middle value (NaN when the side was not measured).
@@ -198,20 +232,53 @@ fn median(mut runs: Vec<f64>) -> f64 {
     runs.get(runs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn row(metric: &str, plain: f64, device: f64, busy: f64) {
-    println!("{metric:<34} {plain:>14.1} {device:>14.1} {:>8.2} {:>11.0}%", device / plain, busy * 100.0);
+/// CPU shares of the device side's two threads during a measurement.
+struct Busy {
+    worker: f64,
+    guest: f64,
 }
 
-/// CPU time (user + system) the backend's worker thread has used so far:
-/// vhost-user-backend names it `vring_worker`.
-fn worker_cpu_seconds() -> f64 {
+fn row(metric: &str, plain: f64, device: f64, busy: Busy) {
+    println!(
+        "{metric:<34} {plain:>14.1} {device:>14.1} {:>8.2} {:>7.0}% {:>7.0}%",
+        device / plain,
+        busy.worker * 100.0,
+        busy.guest * 100.0
+    );
+}
+
+fn round_trip_row(metric: &str, plain: f64, device: f64, busy: Busy) {
+    println!(
+        "{metric:<34} {:>14.1} {:>14.1} {:>8.2} {:>7.0}% {:>7.0}%",
+        1e6 / plain,
+        1e6 / device,
+        plain / device,
+        busy.worker * 100.0,
+        busy.guest * 100.0
+    );
+}
+
+/// The backend's worker thread: vhost-user-backend names it so.
+const WORKER: &str = "vring_worker";
+/// The harness thread that plays the guest: the main thread.
+const GUEST: &str = "vhost-tls-bench";
+
+/// CPU time (user + system) used so far by the threads of this process
+/// named `name`.
+fn thread_cpu_seconds(name: &str) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return f64::NAN };
+    let main_thread = std::process::id().to_string();
     let mut ticks = 0u64;
     for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != "vring_worker" {
+        // The guest thread is the main one; peers' threads share its name.
+        let wanted = if name == GUEST {
+            task.file_name().to_str() == Some(main_thread.as_str())
+        } else {
+            std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim_end() == name
+        };
+        if !wanted {
             continue;
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();

@@ -91,7 +91,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             println!("backend:      in process (build the vhost-tls binary to run it separately)");
             let policy = tls_engine::Policy::load(&policy_path)?;
-            Backend::InProcess(vhost_tls::Server::start(&socket, Arc::new(policy), vhost_tls::DeviceShape { queue_pairs: 1 })?)
+            Backend::InProcess(vhost_tls::Server::start(&socket, Arc::new(policy), vhost_tls::DeviceShape::with_pairs(1))?)
         }
     };
 
