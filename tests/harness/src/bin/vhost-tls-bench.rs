@@ -37,7 +37,7 @@ impl Selection {
     }
 }
 
-const METRICS: [&str; 6] = ["download1", "upload1", "download8", "upload8", "handshakes", "round-trip"];
+const METRICS: [&str; 7] = ["download1", "upload1", "download8", "upload8", "handshakes", "handshakes8", "round-trip"];
 
 fn usage() -> ! {
     eprintln!("usage: vhost-tls-bench [MIB_PER_DIRECTION] [HANDSHAKES] [--only METRIC[,METRIC...]] [--side plain|device|both] [--round-trips N] [--rounds N] [--busy-poll-us N]");
@@ -160,6 +160,33 @@ fn main() {
             })
         });
         row("handshakes/s (sequential)", plain, through, busy);
+    }
+
+    if selection.wants("handshakes8") {
+        // Eight connections handshaking at a time: plain, eight threads;
+        // through the device, eight sockets connecting at once.
+        const AT_ONCE: usize = 8;
+        let per_thread = handshakes.div_ceil(AT_ONCE);
+        let total = per_thread * AT_ONCE;
+        let plain_parallel = || {
+            let threads: Vec<_> = (0..AT_ONCE)
+                .map(|_| {
+                    let (client, addr) = (client.clone(), echo.addr);
+                    std::thread::spawn(move || {
+                        for _ in 0..per_thread {
+                            let mut tls = plain_connect(&client, addr);
+                            tls.conn.send_close_notify();
+                            let _ = tls.flush();
+                        }
+                    })
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+        };
+        let (plain, through, busy) = measure(&mut || per_second(total, plain_parallel), &mut || {
+            per_second(total, || device_parallel_handshakes(&mut device, echo.addr, total, AT_ONCE))
+        });
+        row("handshakes/s (8 at a time)", plain, through, busy);
     }
 
     if selection.wants("round-trip") {
@@ -346,6 +373,41 @@ fn device_connect(device: &mut TlsDevice, addr: SocketAddr) -> u32 {
     let SocketAddr::V4(v4) = addr else { unreachable!("loopback v4") };
     device.connect(id, SockAddr::ipv4(v4.ip().octets(), v4.port()), TIMEOUT).unwrap();
     id
+}
+
+/// `total` connect + handshake + close cycles, `at_once` of them in flight.
+fn device_parallel_handshakes(device: &mut TlsDevice, addr: SocketAddr, total: usize, at_once: usize) {
+    let SocketAddr::V4(v4) = addr else { unreachable!("loopback v4") };
+    let start = |device: &mut TlsDevice| {
+        let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+        device.set_option(id, wire::TLS_HOSTNAME, b"localhost").unwrap();
+        device.start_connect(id, SockAddr::ipv4(v4.ip().octets(), v4.port())).unwrap();
+        id
+    };
+    let mut in_flight: Vec<u32> = (0..at_once.min(total)).map(|_| start(device)).collect();
+    let mut started = in_flight.len();
+    while !in_flight.is_empty() {
+        let mut finished = Vec::new();
+        for &id in &in_flight {
+            match device.connect_result(id) {
+                Some(Ok(())) => finished.push(id),
+                Some(Err(e)) => panic!("handshake failed: {e}"),
+                None => {}
+            }
+        }
+        if finished.is_empty() {
+            device.wait(Duration::from_millis(1));
+            continue;
+        }
+        in_flight.retain(|id| !finished.contains(id));
+        for id in finished {
+            device.close(id).unwrap();
+            if started < total {
+                in_flight.push(start(device));
+                started += 1;
+            }
+        }
+    }
 }
 
 fn device_download(device: &mut TlsDevice, addr: SocketAddr, connections: usize) {
