@@ -251,7 +251,9 @@ fn kernel_interest(handle: &Handle, app: u32, disarmed: bool) -> (u32, i16) {
     let mut socket = table::lock(handle);
     let (events, ready) = socket.poll_interest(app as u16 as i16);
     let flags = match socket.state {
-        State::Established => app & FLAG_BITS,
+        // A listening socket's descriptor is its eventfd, whose kernel
+        // readiness is the program's (edge-triggered, one-shot...) as is.
+        State::Established | State::Listening => app & FLAG_BITS,
         // An unconnected TCP socket reports EPOLLHUP whatever is asked:
         // one-shot, it says so once and then stays quiet until connecting.
         State::Resolving => libc::EPOLLONESHOT as u32,
