@@ -548,11 +548,15 @@ pub unsafe extern "C" fn getsockopt(fd: c_int, level: c_int, name: c_int, value:
             }
             table::lock(&handle).get_option(name as u32, room as usize)
         }
-        (libc::SOL_SOCKET, libc::SO_ERROR) => match table::lock(&handle).take_pending_error() {
-            Some(errno) => Ok((errno.0 as c_int).to_ne_bytes().to_vec()),
-            // SAFETY: passing the program's call on.
-            None => return unsafe { real::getsockopt(kernel_socket(&handle, fd), level, name, value, len) },
-        },
+        (libc::SOL_SOCKET, libc::SO_ERROR) => {
+            // The lock is released before kernel_socket() takes it again.
+            let pending = table::lock(&handle).take_pending_error();
+            match pending {
+                Some(errno) => Ok((errno.0 as c_int).to_ne_bytes().to_vec()),
+                // SAFETY: passing the program's call on.
+                None => return unsafe { real::getsockopt(kernel_socket(&handle, fd), level, name, value, len) },
+            }
+        }
         (libc::SOL_SOCKET, libc::SO_PROTOCOL) => Ok(IPPROTO_TLS.to_ne_bytes().to_vec()),
         // SAFETY: passing the program's call on.
         _ => return unsafe { real::getsockopt(kernel_socket(&handle, fd), level, name, value, len) },
