@@ -29,7 +29,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "../../../guest-driver/include/in_tls.h"
+#include "../../../include/in_tls.h"
 #include "../../../tests/vm/check.h"
 
 static char chain[16384], key[16384];

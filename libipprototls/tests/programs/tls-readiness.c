@@ -18,7 +18,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "../../../guest-driver/include/in_tls.h"
+#include "../../../include/in_tls.h"
 #include "../../../tests/vm/check.h"
 
 static struct sockaddr_in server;
