@@ -881,22 +881,9 @@ pub unsafe extern "C" fn ppoll(
     if table::any() && !fds.is_null() && nfds > 0 {
         // SAFETY: the program's array of nfds pollfds.
         let set = unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) };
-        let timeout_ms = if timeout.is_null() {
-            -1
-        } else {
-            // SAFETY: the program's timespec.
-            let ts = unsafe { *timeout };
-            #[allow(clippy::useless_conversion)] // time_t is i64 only on 64-bit targets
-            let ms = i64::from(ts.tv_sec).saturating_mul(1000).saturating_add((i64::from(ts.tv_nsec) + 999_999) / 1_000_000);
-            ms.clamp(0, c_int::MAX as i64) as c_int
-        };
-        let mut with_mask = |kernel: &mut [pollfd], ms: c_int| {
-            let ts = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
-            let wait = if ms < 0 { std::ptr::null() } else { &ts as *const libc::timespec };
-            // SAFETY: a valid array, timespec and the program's mask.
-            unsafe { real::ppoll(kernel.as_mut_ptr(), kernel.len() as nfds_t, wait, mask) }
-        };
-        if let Some(result) = readiness::poll(set, timeout_ms, &mut with_mask) {
+        // SAFETY: the program's timespec.
+        let timeout_ms = unsafe { readiness::timespec_ms(timeout) };
+        if let Some(result) = readiness::poll(set, timeout_ms, &mut readiness::masked_poll(mask)) {
             return result;
         }
     }
@@ -906,12 +893,46 @@ pub unsafe extern "C" fn ppoll(
 
 #[no_mangle]
 pub unsafe extern "C" fn select(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *mut timeval) -> c_int {
-    // SAFETY: the program's sets and timeout.
-    match unsafe { readiness::select(nfds, read, write, except, timeout) } {
-        Some(result) => result,
-        // SAFETY: passing the program's call on.
-        None => unsafe { real::select(nfds, read, write, except, timeout) },
+    if table::any() {
+        let timeout_ms = if timeout.is_null() {
+            -1
+        } else {
+            // SAFETY: a non-null timeout is the program's valid timeval.
+            let tv = unsafe { *timeout };
+            #[allow(clippy::useless_conversion)] // time_t and suseconds_t are i64 only on 64-bit targets
+            let ms = i64::from(tv.tv_sec).saturating_mul(1000).saturating_add((i64::from(tv.tv_usec) + 999) / 1000);
+            ms.clamp(0, c_int::MAX as i64) as c_int
+        };
+        // SAFETY: the program's sets.
+        if let Some(result) = unsafe { readiness::select(nfds, read, write, except, timeout_ms, &mut readiness::plain_poll) } {
+            return result;
+        }
     }
+    // SAFETY: passing the program's call on.
+    unsafe { real::select(nfds, read, write, except, timeout) }
+}
+
+/// pselect: select's TLS corrections, waiting in the kernel with the
+/// program's signal mask (ppoll's, which applies it as pselect does).
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    read: *mut fd_set,
+    write: *mut fd_set,
+    except: *mut fd_set,
+    timeout: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    if table::any() {
+        // SAFETY: the program's timespec.
+        let timeout_ms = unsafe { readiness::timespec_ms(timeout) };
+        // SAFETY: the program's sets; the mask is the program's.
+        if let Some(result) = unsafe { readiness::select(nfds, read, write, except, timeout_ms, &mut readiness::masked_poll(mask)) } {
+            return result;
+        }
+    }
+    // SAFETY: passing the program's call on.
+    unsafe { real::pselect(nfds, read, write, except, timeout, mask) }
 }
 
 #[no_mangle]
@@ -931,6 +952,26 @@ pub unsafe extern "C" fn epoll_wait(epfd: c_int, events: *mut epoll_event, max: 
         Some(result) => result,
         // SAFETY: passing the program's call on.
         None => unsafe { real::epoll_wait(epfd, events, max, timeout) },
+    }
+}
+
+/// epoll_pwait2: epoll_pwait's TLS corrections; the timeout is rounded up
+/// to whole milliseconds on an instance with TLS descriptors.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: the program's timespec.
+    let timeout_ms = unsafe { readiness::timespec_ms(timeout) };
+    // SAFETY: the program's buffer and mask.
+    match unsafe { readiness::wait(epfd, events, max, timeout_ms, sigmask) } {
+        Some(result) => result,
+        // SAFETY: passing the program's call on.
+        None => unsafe { real::epoll_pwait2(epfd, events, max, timeout, sigmask) },
     }
 }
 
