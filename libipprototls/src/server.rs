@@ -193,7 +193,7 @@ fn cvt(result: c_int) -> std::io::Result<c_int> {
     }
 }
 
-/// Descriptors closed when dropped, unless handed on with `forget`.
+/// Descriptors closed when dropped, unless taken out of the list.
 struct Owned(Vec<c_int>);
 
 impl Drop for Owned {
@@ -206,19 +206,20 @@ impl Drop for Owned {
 }
 
 fn start(fd: c_int, backlog: c_int, tls_config: Arc<ServerConfig>, socket: &TlsSocket) -> std::io::Result<Listening> {
-    // SAFETY (this block's fcntl/eventfd calls): constant arguments on
-    // descriptors the program passed or this function made; every result
-    // is checked and owned from then on.
+    // SAFETY: F_DUPFD_CLOEXEC on the program's socket; the copy is ours.
     let kernel_fd = cvt(unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
     let mut owned = Owned(vec![kernel_fd]);
+    // SAFETY: F_GETFL on the program's socket.
     let program_flags = cvt(unsafe { real::fcntl(fd, libc::F_GETFL, 0) })?;
     let nonblock = if program_flags & libc::O_NONBLOCK != 0 { libc::EFD_NONBLOCK } else { 0 };
     // The program's descriptor from now on: readable while connections
     // wait, one count each (EFD_SEMAPHORE: each read takes one). This
     // number stays the acceptor's, for the program may close (and reuse)
     // its own at any time.
+    // SAFETY: eventfd with constant flags; the descriptor is ours.
     let ready_fd = cvt(unsafe { libc::eventfd(0, libc::EFD_SEMAPHORE | libc::EFD_CLOEXEC | nonblock) })?;
     owned.0.push(ready_fd);
+    // SAFETY: as above; Shared closes it.
     let control = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
     // Closed when the last Arc goes (the listening socket's, the acceptor's).
     let shared = Arc::new(Shared {
@@ -227,28 +228,44 @@ fn start(fd: c_int, backlog: c_int, tls_config: Arc<ServerConfig>, socket: &TlsS
         stopped: AtomicBool::new(false),
         backlog: AtomicUsize::new(backlog_for(i64::from(backlog))),
     });
+    // SAFETY: listen() on our copy of the program's socket.
     cvt(unsafe { real::listen(kernel_fd, backlog) })?;
-    let started = (|| {
-        cvt(unsafe { real::fcntl(kernel_fd, libc::F_SETFL, libc::c_long::from(program_flags | libc::O_NONBLOCK)) })?;
-        // Replaces the program's descriptor (the listening socket, still
-        // open as kernel_fd) with the eventfd, atomically.
-        cvt(unsafe { real::dup3(ready_fd, fd, libc::O_CLOEXEC) })?;
-        let acceptor = Acceptor {
-            shared: shared.clone(),
-            kernel_fd,
-            ready_fd,
-            config: tls_config,
-            family: socket.family(),
-            context: socket.context(),
-            options: socket.options().clone(),
-            pending: Vec::new(),
-        };
-        std::thread::Builder::new().name("ipprototls-accept".into()).spawn(move || acceptor.run()).map(drop)
-    })();
-    if let Err(e) = started {
-        // Nobody would accept from this socket: it must not go on
-        // listening (a TCP shutdown of a listening socket stops it).
+    // The acceptor never waits in accept4: the TCP socket is non-blocking
+    // (the program's descriptor will not share its file any more).
+    // SAFETY: F_SETFL on our copy.
+    // From here on a failure must also stop the listening (a TCP shutdown
+    // of a listening socket does): nobody would accept from it.
+    let stop_listening = |_: &std::io::Error| {
+        // SAFETY: shutdown of our copy.
         unsafe { real::shutdown(kernel_fd, libc::SHUT_RDWR) };
+    };
+    // SAFETY: F_SETFL on our copy.
+    cvt(unsafe { real::fcntl(kernel_fd, libc::F_SETFL, libc::c_long::from(program_flags | libc::O_NONBLOCK)) })
+        .inspect_err(stop_listening)?;
+    // Replaces the program's descriptor (the listening socket, still open
+    // as kernel_fd) with the eventfd, atomically.
+    // SAFETY: dup3 of our eventfd onto the program's descriptor.
+    cvt(unsafe { real::dup3(ready_fd, fd, libc::O_CLOEXEC) }).inspect_err(stop_listening)?;
+    let acceptor = Acceptor {
+        shared: shared.clone(),
+        kernel_fd,
+        ready_fd,
+        config: tls_config,
+        family: socket.family(),
+        context: socket.context(),
+        options: socket.options().clone(),
+        pending: Vec::new(),
+    };
+    if let Err(e) = std::thread::Builder::new().name("ipprototls-accept".into()).spawn(move || acceptor.run()) {
+        // Nobody would accept from this socket: it must not go on
+        // listening (a TCP shutdown of a listening socket stops it), and
+        // the program's descriptor is a socket again.
+        // SAFETY: shutdown and dup3 of our copy back onto the program's
+        // descriptor.
+        unsafe {
+            real::shutdown(kernel_fd, libc::SHUT_RDWR);
+            real::dup3(kernel_fd, fd, libc::O_CLOEXEC);
+        }
         return Err(e);
     }
     // Both descriptors are the acceptor's now.
@@ -289,8 +306,9 @@ pub fn accept(handle: &Handle, fd: c_int, flags: c_int) -> Result<(c_int, Socket
     };
     shared.wake(); // room in the backlog
     if flags & libc::SOCK_NONBLOCK == 0 {
+        // Blocking, as accept() makes it (the acceptor's was not).
         // SAFETY: F_SETFL on the descriptor being handed over.
-        unsafe { real::fcntl(new_fd, libc::F_SETFL, libc::c_long::from(libc::O_RDWR)) };
+        unsafe { real::fcntl(new_fd, libc::F_SETFL, 0) };
     }
     // Close-on-exec whatever the flags say: see README, fork and exec.
     table::insert(new_fd, Arc::new(Mutex::new(socket)));
