@@ -370,6 +370,22 @@ pub fn resync(fd: c_int, handle: &Handle) {
     }
 }
 
+/// `fd` is about to name another file (listen() puts an eventfd under
+/// it): takes the old file out of the epoll sets the program put `fd` in,
+/// as it stays open elsewhere and would go on reporting there;
+/// [`reregister`] adds the new one.
+pub fn unregister(fd: c_int) {
+    if REGISTERED.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    for (&epfd, set) in registry().iter() {
+        if set.contains_key(&fd) {
+            // SAFETY: DEL takes no event.
+            unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+        }
+    }
+}
+
 /// A new kernel socket now sits under `fd`: registers it again wherever
 /// the program had registered `fd`.
 pub fn reregister(fd: c_int) {

@@ -242,6 +242,7 @@ fn start(fd: c_int, backlog: c_int, tls_config: Arc<ServerConfig>, socket: &TlsS
     // SAFETY: F_SETFL on our copy.
     cvt(unsafe { real::fcntl(kernel_fd, libc::F_SETFL, libc::c_long::from(program_flags | libc::O_NONBLOCK)) })
         .inspect_err(stop_listening)?;
+    readiness::unregister(fd);
     // Replaces the program's descriptor (the listening socket, still open
     // as kernel_fd) with the eventfd, atomically.
     // SAFETY: dup3 of our eventfd onto the program's descriptor.
