@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use tls_engine::tls::ClientContext;
+use tls_engine::tls::{ClientContext, ServerContext};
 use tls_engine::Policy;
 
 /// The environment variable naming the policy file.
@@ -68,6 +68,14 @@ pub fn context() -> Result<&'static Arc<ClientContext>, &'static str> {
         })
         .as_ref()
         .map_err(String::as_str)
+}
+
+/// The process's TLS server context (listening sockets), on the same
+/// policy as [`context`]; `None` when there is no usable policy.
+pub fn server_context() -> Option<&'static ServerContext> {
+    static SERVER: OnceLock<ServerContext> = OnceLock::new();
+    let client = context().ok()?;
+    Some(SERVER.get_or_init(|| ServerContext::new(client.policy().clone())))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT};
-use rustls::ClientConnection;
+use rustls::{Connection, ServerConnection};
 use tls_engine::destination::{self, Destination};
 use tls_engine::errno::{Errno, Failure};
 use tls_engine::getopt::{is_string_option, option_value, SocketState};
@@ -37,6 +37,9 @@ pub enum State {
     Established,
     /// The last connect failed; another may be tried.
     Failed,
+    /// listen() succeeded: the descriptor is the listening socket's
+    /// readiness eventfd, served by [`crate::server`]'s acceptor thread.
+    Listening,
 }
 
 /// Largest option value accepted, as the guest driver's limit.
@@ -54,7 +57,9 @@ pub struct TlsSocket {
     context: &'static ClientContext,
     options: SocketOptions,
     pub state: State,
-    tls: Option<ClientConnection>,
+    tls: Option<Connection>,
+    /// The peer's name for verification and messages: the server's name
+    /// (client sockets), "client ADDRESS" (accepted connections).
     server_name: String,
     candidates: VecDeque<SocketAddr>,
     current: Option<SocketAddr>,
@@ -82,6 +87,15 @@ pub struct TlsSocket {
     /// [`table::fork_generation`] when created: a different value means the
     /// socket may also be open in another process.
     fork_generation: u64,
+    /// bind() to a port the policy maps (`[[server.listen]]`): the address
+    /// as the program asked for it, which getsockname() reports (the kernel
+    /// socket is bound to the mapping's host address).
+    pub bound_as: Option<SocketAddr>,
+    /// The listening side, once listen() succeeded.
+    pub listening: Option<crate::server::Listening>,
+    /// An accepted connection: the name the client asked for (SNI; empty
+    /// when none), which TLS_HOSTNAME reports.
+    accepted_for_name: Option<String>,
 }
 
 /// What a read or write could do without waiting.
@@ -130,7 +144,59 @@ impl TlsSocket {
             write_shut: false,
             descriptors: 1,
             fork_generation: table::fork_generation(),
+            bound_as: None,
+            listening: None,
+            accepted_for_name: None,
         })
+    }
+
+    /// A connection a listening socket's acceptor took from the kernel on
+    /// `fd`, with the listening socket's options: its server handshake goes
+    /// on in [`Self::progress`], bounded by the policy's handshake timeout.
+    pub fn accepted(
+        family: c_int,
+        context: &'static ClientContext,
+        options: &SocketOptions,
+        tls: ServerConnection,
+        peer: SocketAddr,
+    ) -> Result<TlsSocket, Errno> {
+        let mut socket = TlsSocket::new(family, context)?;
+        let timeout = Duration::from_secs(u64::from(context.policy().limits.handshake_timeout_secs));
+        socket.options = options.clone();
+        socket.tls = Some(tls.into());
+        socket.state = State::Handshaking;
+        socket.server_name = format!("client {peer}");
+        socket.current = Some(peer);
+        socket.tcp_used = true;
+        socket.deadline = Some(Instant::now() + timeout);
+        Ok(socket)
+    }
+
+    /// Whether the process may open another TLS socket (max_sockets).
+    pub fn room_for_another(context: &ClientContext) -> bool {
+        LIVE.load(Ordering::Acquire) < context.policy().limits.max_sockets as usize
+    }
+
+    /// The address connected to, or the client of an accepted connection.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.current
+    }
+
+    pub fn family(&self) -> c_int {
+        self.family
+    }
+
+    pub fn context(&self) -> &'static ClientContext {
+        self.context
+    }
+
+    pub fn options(&self) -> &SocketOptions {
+        &self.options
+    }
+
+    /// TLS_ERROR, as a refused bind() or listen() sets it.
+    pub fn set_error(&mut self, reason: String) {
+        self.error = Some(reason);
     }
 
     // -----------------------------------------------------------------------
@@ -151,7 +217,13 @@ impl TlsSocket {
     pub fn get_option(&self, optname: u32, room: usize) -> Result<Vec<u8>, Errno> {
         let string = is_string_option(optname);
         let room = room.saturating_sub(usize::from(string)).min(MAX_OPTION_LEN);
-        let state = SocketState { id: self.id, options: &self.options, info: &self.info, error: self.error.as_deref(), accepted_for_name: None };
+        let state = SocketState {
+            id: self.id,
+            options: &self.options,
+            info: &self.info,
+            error: self.error.as_deref(),
+            accepted_for_name: self.accepted_for_name.as_deref(),
+        };
         let mut value = option_value(self.context.policy(), &state, optname, room)?;
         if string {
             value.push(0);
@@ -293,7 +365,7 @@ impl TlsSocket {
             match sockaddr::connect_result(fd) {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
-                    self.tls = Some(self.context.connect(&self.options, &self.server_name)?);
+                    self.tls = Some(self.context.connect(&self.options, &self.server_name)?.into());
                     self.state = State::Handshaking;
                 }
                 Err(e) => {
@@ -319,6 +391,9 @@ impl TlsSocket {
         }
         let tls = self.tls.as_ref().expect("handshaking");
         self.info = ConnectionInfo::of(tls);
+        if let Connection::Server(server) = tls {
+            self.accepted_for_name = Some(server.server_name().unwrap_or_default().to_owned());
+        }
         self.state = State::Established;
         self.deadline = None;
         // The client's Finished (and anything after it) goes now.
@@ -478,7 +553,7 @@ impl TlsSocket {
     /// Reads plaintext into `bufs` (or copies it, for MSG_PEEK).
     pub fn read(&mut self, fd: c_int, bufs: &mut [&mut [u8]], peek: bool) -> Progress {
         match self.state {
-            State::Created | State::Failed => return Progress::Failed(Errno::ENOTCONN),
+            State::Created | State::Failed | State::Listening => return Progress::Failed(Errno::ENOTCONN),
             State::Resolving | State::Connecting | State::Handshaking => {
                 if let Err(not_yet) = self.finish_connect(fd) {
                     return not_yet;
@@ -525,7 +600,7 @@ impl TlsSocket {
     /// what the kernel takes; `Done(0)` only for empty `bufs`.
     pub fn write(&mut self, fd: c_int, bufs: &[IoSlice<'_>]) -> Progress {
         match self.state {
-            State::Created => return Progress::Failed(Errno::ENOTCONN),
+            State::Created | State::Listening => return Progress::Failed(Errno::ENOTCONN),
             State::Failed => return Progress::Failed(self.pending_error.take().unwrap_or(Errno::ENOTCONN)),
             State::Resolving | State::Connecting | State::Handshaking => {
                 if let Err(not_yet) = self.finish_connect(fd) {
@@ -604,6 +679,12 @@ impl TlsSocket {
 
     /// The last descriptor of this socket in this process is closing.
     pub fn last_close(&mut self, fd: c_int) {
+        if let Some(listening) = self.listening.take() {
+            // Connections handshaking or not yet accepted go with it, as
+            // with a kernel's accept queue.
+            listening.stop();
+            return;
+        }
         // Another process may still be using the connection after a fork,
         // as with TCP, whose close sends no FIN while another descriptor
         // is open: ending the TLS stream is then left to shutdown().
@@ -622,6 +703,9 @@ impl TlsSocket {
     pub fn poll_interest(&mut self, app: i16) -> (i16, i16) {
         match self.state {
             State::Created => (app, 0),
+            // The eventfd is readable while handshaken connections wait;
+            // it is always writable, which a listening socket is not.
+            State::Listening => (app & !POLLOUT, 0),
             State::Resolving | State::Connecting | State::Handshaking => (self.connect_wants(), 0),
             State::Established => {
                 let ready = if app & POLLIN != 0 && self.readable_now() { POLLIN } else { 0 };
@@ -645,6 +729,7 @@ impl TlsSocket {
         let before = self.state;
         match before {
             State::Created => return revents,
+            State::Listening => return revents & !POLLOUT,
             State::Resolving | State::Connecting | State::Handshaking => {
                 if revents != 0 || self.deadline.is_some_and(|d| Instant::now() >= d) {
                     self.progress(fd);
@@ -693,7 +778,7 @@ pub const RESOLVING_RECHECK: Duration = Duration::from_millis(10);
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Copies buffered plaintext into `bufs` in order.
-fn read_into(tls: &mut ClientConnection, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
+fn read_into(tls: &mut Connection, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
     let mut total = 0;
     for buf in bufs.iter_mut().filter(|b| !b.is_empty()) {
         match tls.reader().read(buf) {
@@ -711,7 +796,7 @@ fn read_into(tls: &mut ClientConnection, bufs: &mut [&mut [u8]]) -> io::Result<u
 }
 
 /// MSG_PEEK: copies without consuming (what rustls has contiguous).
-fn peek_into(tls: &mut ClientConnection, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
+fn peek_into(tls: &mut Connection, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
     let mut reader = tls.reader();
     let available = reader.fill_buf()?;
     let mut copied = 0;

@@ -14,9 +14,9 @@ use libc::{epoll_event, fd_set, iovec, msghdr, nfds_t, pollfd, size_t, sockaddr,
 use tls_engine::errno::Errno;
 use virtio_tls_spec as wire;
 
-use crate::conn::TlsSocket;
+use crate::conn::{State, TlsSocket};
 use crate::table::{self, Handle};
-use crate::{config, io, readiness, real, sockaddr as address};
+use crate::{config, io, readiness, real, server, sockaddr as address};
 
 const IPPROTO_TLS: c_int = wire::IPPROTO_TLS as c_int;
 
@@ -152,22 +152,105 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     }
 }
 
+// ---------------------------------------------------------------------------
+// Listening and accepting (crate::server)
+// ---------------------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(handle) = table::lookup(fd) else {
+        // SAFETY: passing the program's call on.
+        return unsafe { real::bind(fd, addr, len) };
+    };
+    if addr.is_null() {
+        return fail(Errno::EFAULT);
+    }
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: the program passes len valid bytes of address.
+    let raw = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len) };
+    match server::bind(&handle, fd, raw) {
+        Ok(()) => 0,
+        Err(errno) => fail(errno),
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    if let Some(handle) = table::lookup(fd) {
-        // A connected socket: EOPNOTSUPP, as SSA's tests (and the guest
-        // driver) say. A connecting one cannot listen either (as TCP).
-        match table::lock(&handle).state {
-            crate::conn::State::Resolving | crate::conn::State::Connecting | crate::conn::State::Handshaking => {
-                return fail(Errno::EINVAL)
+    let Some(handle) = table::lookup(fd) else {
+        // SAFETY: passing the program's call on.
+        return unsafe { real::listen(fd, backlog) };
+    };
+    match server::listen(&handle, fd, backlog) {
+        Ok(()) => 0,
+        Err(errno) => fail(errno),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if table::lookup(fd).is_none() {
+        // SAFETY: passing the program's call on.
+        return unsafe { real::accept(fd, addr, len) };
+    }
+    // SAFETY: the program's arguments.
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let Some(handle) = table::lookup(fd) else {
+        // SAFETY: passing the program's call on (accept4 with flags 0 is
+        // accept).
+        return unsafe { real::accept4(fd, addr, len, flags) };
+    };
+    match server::accept(&handle, fd, flags) {
+        Ok((new_fd, peer)) => {
+            // SAFETY: the program's address buffer and its length.
+            unsafe { address::copy_out(peer, addr, len) };
+            new_fd
+        }
+        Err(errno) => fail(errno),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let target = match table::lookup(fd) {
+        Some(handle) => {
+            let socket = table::lock(&handle);
+            if let Some(bound_as) = socket.bound_as {
+                // The port the program bound, not the mapping's host port.
+                if addr.is_null() || len.is_null() {
+                    return fail(Errno::EFAULT);
+                }
+                // SAFETY: checked non-null; the program's buffer of *len bytes.
+                unsafe { address::copy_out(bound_as, addr, len) };
+                return 0;
             }
-            // The server side is not offered yet; a listening TCP socket
-            // would accept plaintext connections.
-            _ => return fail(Errno::EOPNOTSUPP),
+            socket.listening.as_ref().map_or(fd, |listening| listening.kernel_fd)
+        }
+        None => fd,
+    };
+    // SAFETY: passing the program's call on (to the listening TCP socket
+    // for a listening descriptor, which is an eventfd).
+    unsafe { real::getsockname(target, addr, len) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if let Some(handle) = table::lookup(fd) {
+        if table::lock(&handle).state == State::Listening {
+            return fail(Errno::ENOTCONN);
         }
     }
     // SAFETY: passing the program's call on.
-    unsafe { real::listen(fd, backlog) }
+    unsafe { real::getpeername(fd, addr, len) }
+}
+
+/// The kernel socket under `fd`: for a listening socket the library's
+/// descriptor of it, the program's being the readiness eventfd.
+fn kernel_socket(handle: &Handle, fd: c_int) -> c_int {
+    table::lock(handle).listening.as_ref().map_or(fd, |listening| listening.kernel_fd)
 }
 
 /// Everything closing `fd` means for its TLS socket, before the kernel
@@ -428,7 +511,9 @@ pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, value:
     let handle = match table::lookup(fd) {
         Some(handle) if level == IPPROTO_TLS => handle,
         // SAFETY: passing the program's call on.
-        _ => return unsafe { real::setsockopt(fd, level, name, value, len) },
+        Some(handle) => return unsafe { real::setsockopt(kernel_socket(&handle, fd), level, name, value, len) },
+        // SAFETY: passing the program's call on.
+        None => return unsafe { real::setsockopt(fd, level, name, value, len) },
     };
     let bytes = if len == 0 {
         &[][..]
@@ -463,14 +548,18 @@ pub unsafe extern "C" fn getsockopt(fd: c_int, level: c_int, name: c_int, value:
             }
             table::lock(&handle).get_option(name as u32, room as usize)
         }
-        (libc::SOL_SOCKET, libc::SO_ERROR) => match table::lock(&handle).take_pending_error() {
-            Some(errno) => Ok((errno.0 as c_int).to_ne_bytes().to_vec()),
-            // SAFETY: passing the program's call on.
-            None => return unsafe { real::getsockopt(fd, level, name, value, len) },
-        },
+        (libc::SOL_SOCKET, libc::SO_ERROR) => {
+            // The lock is released before kernel_socket() takes it again.
+            let pending = table::lock(&handle).take_pending_error();
+            match pending {
+                Some(errno) => Ok((errno.0 as c_int).to_ne_bytes().to_vec()),
+                // SAFETY: passing the program's call on.
+                None => return unsafe { real::getsockopt(kernel_socket(&handle, fd), level, name, value, len) },
+            }
+        }
         (libc::SOL_SOCKET, libc::SO_PROTOCOL) => Ok(IPPROTO_TLS.to_ne_bytes().to_vec()),
         // SAFETY: passing the program's call on.
-        _ => return unsafe { real::getsockopt(fd, level, name, value, len) },
+        _ => return unsafe { real::getsockopt(kernel_socket(&handle, fd), level, name, value, len) },
     };
     match answer {
         Ok(bytes) => {
@@ -792,22 +881,9 @@ pub unsafe extern "C" fn ppoll(
     if table::any() && !fds.is_null() && nfds > 0 {
         // SAFETY: the program's array of nfds pollfds.
         let set = unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) };
-        let timeout_ms = if timeout.is_null() {
-            -1
-        } else {
-            // SAFETY: the program's timespec.
-            let ts = unsafe { *timeout };
-            #[allow(clippy::useless_conversion)] // time_t is i64 only on 64-bit targets
-            let ms = i64::from(ts.tv_sec).saturating_mul(1000).saturating_add((i64::from(ts.tv_nsec) + 999_999) / 1_000_000);
-            ms.clamp(0, c_int::MAX as i64) as c_int
-        };
-        let mut with_mask = |kernel: &mut [pollfd], ms: c_int| {
-            let ts = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
-            let wait = if ms < 0 { std::ptr::null() } else { &ts as *const libc::timespec };
-            // SAFETY: a valid array, timespec and the program's mask.
-            unsafe { real::ppoll(kernel.as_mut_ptr(), kernel.len() as nfds_t, wait, mask) }
-        };
-        if let Some(result) = readiness::poll(set, timeout_ms, &mut with_mask) {
+        // SAFETY: the program's timespec.
+        let timeout_ms = unsafe { readiness::timespec_ms(timeout) };
+        if let Some(result) = readiness::poll(set, timeout_ms, &mut readiness::masked_poll(mask)) {
             return result;
         }
     }
@@ -817,12 +893,46 @@ pub unsafe extern "C" fn ppoll(
 
 #[no_mangle]
 pub unsafe extern "C" fn select(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *mut timeval) -> c_int {
-    // SAFETY: the program's sets and timeout.
-    match unsafe { readiness::select(nfds, read, write, except, timeout) } {
-        Some(result) => result,
-        // SAFETY: passing the program's call on.
-        None => unsafe { real::select(nfds, read, write, except, timeout) },
+    if table::any() {
+        let timeout_ms = if timeout.is_null() {
+            -1
+        } else {
+            // SAFETY: a non-null timeout is the program's valid timeval.
+            let tv = unsafe { *timeout };
+            #[allow(clippy::useless_conversion)] // time_t and suseconds_t are i64 only on 64-bit targets
+            let ms = i64::from(tv.tv_sec).saturating_mul(1000).saturating_add((i64::from(tv.tv_usec) + 999) / 1000);
+            ms.clamp(0, c_int::MAX as i64) as c_int
+        };
+        // SAFETY: the program's sets.
+        if let Some(result) = unsafe { readiness::select(nfds, read, write, except, timeout_ms, &mut readiness::plain_poll) } {
+            return result;
+        }
     }
+    // SAFETY: passing the program's call on.
+    unsafe { real::select(nfds, read, write, except, timeout) }
+}
+
+/// pselect: select's TLS corrections, waiting in the kernel with the
+/// program's signal mask (ppoll's, which applies it as pselect does).
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    read: *mut fd_set,
+    write: *mut fd_set,
+    except: *mut fd_set,
+    timeout: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    if table::any() {
+        // SAFETY: the program's timespec.
+        let timeout_ms = unsafe { readiness::timespec_ms(timeout) };
+        // SAFETY: the program's sets; the mask is the program's.
+        if let Some(result) = unsafe { readiness::select(nfds, read, write, except, timeout_ms, &mut readiness::masked_poll(mask)) } {
+            return result;
+        }
+    }
+    // SAFETY: passing the program's call on.
+    unsafe { real::pselect(nfds, read, write, except, timeout, mask) }
 }
 
 #[no_mangle]
@@ -842,6 +952,26 @@ pub unsafe extern "C" fn epoll_wait(epfd: c_int, events: *mut epoll_event, max: 
         Some(result) => result,
         // SAFETY: passing the program's call on.
         None => unsafe { real::epoll_wait(epfd, events, max, timeout) },
+    }
+}
+
+/// epoll_pwait2: epoll_pwait's TLS corrections; the timeout is rounded up
+/// to whole milliseconds on an instance with TLS descriptors.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: the program's timespec.
+    let timeout_ms = unsafe { readiness::timespec_ms(timeout) };
+    // SAFETY: the program's buffer and mask.
+    match unsafe { readiness::wait(epfd, events, max, timeout_ms, sigmask) } {
+        Some(result) => result,
+        // SAFETY: passing the program's call on.
+        None => unsafe { real::epoll_pwait2(epfd, events, max, timeout, sigmask) },
     }
 }
 

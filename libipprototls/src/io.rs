@@ -56,7 +56,8 @@ pub fn connect(handle: &Handle, fd: c_int, destination: &Destination) -> Result<
     {
         let mut socket = table::lock(handle);
         match socket.state {
-            State::Established => return Err(Errno::EISCONN),
+            // A listening TCP socket answers EISCONN too.
+            State::Established | State::Listening => return Err(Errno::EISCONN),
             State::Resolving | State::Connecting | State::Handshaking => return Err(Errno::EALREADY),
             // A failure a non-blocking connect has not reported yet is the
             // answer to this connect, as for TCP.
@@ -123,7 +124,7 @@ fn finish_connect(handle: &Handle, fd: c_int) -> Result<(), Errno> {
             match socket.state {
                 State::Established => return Ok(()),
                 State::Failed => return Err(socket.take_pending_error().unwrap_or(Errno::ECONNREFUSED)),
-                State::Created => return Err(Errno::ENOTCONN),
+                State::Created | State::Listening => return Err(Errno::ENOTCONN),
                 // Blocking connects resolve in connect() itself; a socket
                 // still resolving was started non-blocking by another call.
                 State::Resolving => (0, None),

@@ -16,6 +16,7 @@ mod exports;
 mod io;
 mod readiness;
 mod real;
+mod server;
 mod sockaddr;
 mod table;
 

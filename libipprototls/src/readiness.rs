@@ -129,8 +129,36 @@ pub fn poll(fds: &mut [pollfd], timeout_ms: c_int, kernel_poll: KernelPoll<'_>) 
     }
 }
 
-/// select() for sets with TLS descriptors, done with [`poll`]; `None` when
-/// the sets have none.
+/// Milliseconds for a wait of `timeout` (null: no limit, -1), rounded up.
+///
+/// # Safety
+/// `timeout` is null or the caller's valid timespec.
+pub unsafe fn timespec_ms(timeout: *const libc::timespec) -> c_int {
+    if timeout.is_null() {
+        return -1;
+    }
+    // SAFETY: the caller's contract.
+    let ts = unsafe { *timeout };
+    #[allow(clippy::useless_conversion)] // time_t is i64 only on 64-bit targets
+    let ms = i64::from(ts.tv_sec).saturating_mul(1000).saturating_add((i64::from(ts.tv_nsec) + 999_999) / 1_000_000);
+    ms.clamp(0, c_int::MAX as i64) as c_int
+}
+
+/// A kernel wait that applies the program's signal mask (ppoll's), for
+/// ppoll and pselect.
+pub fn masked_poll(mask: *const libc::sigset_t) -> impl FnMut(&mut [pollfd], c_int) -> c_int {
+    move |kernel: &mut [pollfd], ms: c_int| {
+        let ts = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
+        let wait = if ms < 0 { std::ptr::null() } else { &ts as *const libc::timespec };
+        // SAFETY: a valid array and timespec; the mask is the program's
+        // (null or valid), as ppoll and pselect take it.
+        unsafe { real::ppoll(kernel.as_mut_ptr(), kernel.len() as libc::nfds_t, wait, mask) }
+    }
+}
+
+/// select() (and pselect(), with `kernel_poll` applying its signal mask)
+/// for sets with TLS descriptors, done with [`poll`]; `None` when the sets
+/// have none.
 ///
 /// # Safety
 /// The set pointers are null or valid `fd_set`s covering `nfds`.
@@ -139,7 +167,8 @@ pub unsafe fn select(
     read: *mut libc::fd_set,
     write: *mut libc::fd_set,
     except: *mut libc::fd_set,
-    timeout: *const libc::timeval,
+    timeout_ms: c_int,
+    kernel_poll: KernelPoll<'_>,
 ) -> Option<c_int> {
     if !table::any() {
         return None;
@@ -167,16 +196,7 @@ pub unsafe fn select(
     if !any_tls {
         return None;
     }
-    let timeout_ms = if timeout.is_null() {
-        -1
-    } else {
-        // SAFETY: a non-null timeout is the caller's valid timeval.
-        let tv = unsafe { *timeout };
-        #[allow(clippy::useless_conversion)] // time_t and suseconds_t are i64 only on 64-bit targets
-        let ms = i64::from(tv.tv_sec).saturating_mul(1000).saturating_add((i64::from(tv.tv_usec) + 999) / 1000);
-        ms.clamp(0, c_int::MAX as i64) as c_int
-    };
-    let result = poll(&mut fds, timeout_ms, &mut plain_poll)?;
+    let result = poll(&mut fds, timeout_ms, kernel_poll)?;
     if result < 0 {
         return Some(result);
     }
@@ -251,7 +271,9 @@ fn kernel_interest(handle: &Handle, app: u32, disarmed: bool) -> (u32, i16) {
     let mut socket = table::lock(handle);
     let (events, ready) = socket.poll_interest(app as u16 as i16);
     let flags = match socket.state {
-        State::Established => app & FLAG_BITS,
+        // A listening socket's descriptor is its eventfd, whose kernel
+        // readiness is the program's (edge-triggered, one-shot...) as is.
+        State::Established | State::Listening => app & FLAG_BITS,
         // An unconnected TCP socket reports EPOLLHUP whatever is asked:
         // one-shot, it says so once and then stays quiet until connecting.
         State::Resolving => libc::EPOLLONESHOT as u32,
@@ -344,6 +366,22 @@ pub fn resync(fd: c_int, handle: &Handle) {
             if let Some(r) = registry().get_mut(&epfd).and_then(|set| set.get_mut(&fd)) {
                 r.kernel = kernel;
             }
+        }
+    }
+}
+
+/// `fd` is about to name another file (listen() puts an eventfd under
+/// it): takes the old file out of the epoll sets the program put `fd` in,
+/// as it stays open elsewhere and would go on reporting there;
+/// [`reregister`] adds the new one.
+pub fn unregister(fd: c_int) {
+    if REGISTERED.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    for (&epfd, set) in registry().iter() {
+        if set.contains_key(&fd) {
+            // SAFETY: DEL takes no event.
+            unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
         }
     }
 }

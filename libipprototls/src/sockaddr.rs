@@ -55,6 +55,49 @@ pub fn destination(raw: &[u8]) -> Result<Destination, Errno> {
     Ok(destination)
 }
 
+/// The AF_INET or AF_INET6 address in `raw` (a copy of the program's
+/// sockaddr) for a socket of `family`, with bind()'s errno values for a bad
+/// one; port 0 is allowed.
+pub fn inet_address(raw: &[u8], family: c_int) -> Result<SocketAddr, Errno> {
+    if raw.len() < 2 {
+        return Err(Errno::EINVAL);
+    }
+    let given = c_int::from(u16::from_ne_bytes([raw[0], raw[1]]));
+    if given != family {
+        return Err(Errno::EAFNOSUPPORT);
+    }
+    let port = |raw: &[u8]| u16::from_be_bytes([raw[2], raw[3]]);
+    match family {
+        libc::AF_INET if raw.len() >= size_of::<libc::sockaddr_in>() => {
+            Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]), port(raw))))
+        }
+        libc::AF_INET6 if raw.len() >= size_of::<libc::sockaddr_in6>() => {
+            let octets: [u8; 16] = raw[8..24].try_into().expect("16 bytes");
+            let scope_id = u32::from_ne_bytes(raw[24..28].try_into().expect("4 bytes"));
+            Ok(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(octets), port(raw), 0, scope_id)))
+        }
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// Copies `addr` into the program's `out` of `*len` bytes, as accept() and
+/// getsockname() do: truncated to fit, `*len` set to the full length.
+///
+/// # Safety
+/// `out` is null or valid for `*len` bytes; `len` is null or valid.
+pub unsafe fn copy_out(addr: SocketAddr, out: *mut libc::sockaddr, len: *mut libc::socklen_t) {
+    if out.is_null() || len.is_null() {
+        return;
+    }
+    let (storage, full) = to_raw(addr);
+    // SAFETY: the caller's contract.
+    unsafe {
+        let n = (*len).min(full) as usize;
+        std::ptr::copy_nonoverlapping((&storage as *const libc::sockaddr_storage).cast::<u8>(), out.cast::<u8>(), n);
+        *len = full;
+    }
+}
+
 /// `addr` as a socket of `family` can reach it: IPv4 addresses are mapped
 /// for AF_INET6 sockets; an AF_INET socket cannot reach IPv6.
 pub fn for_family(addr: SocketAddr, family: c_int) -> Option<SocketAddr> {
@@ -68,7 +111,7 @@ pub fn for_family(addr: SocketAddr, family: c_int) -> Option<SocketAddr> {
 }
 
 /// A C sockaddr for `addr`.
-fn to_raw(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub fn to_raw(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
@@ -145,7 +188,7 @@ pub fn connect_result(fd: c_int) -> io::Result<bool> {
     let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut peer_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: peer and peer_len are valid for getpeername to write.
-    match cvt(unsafe { libc::getpeername(fd, (&mut peer as *mut libc::sockaddr_storage).cast(), &mut peer_len) }) {
+    match cvt(unsafe { real::getpeername(fd, (&mut peer as *mut libc::sockaddr_storage).cast(), &mut peer_len) }) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
         Err(e) => Err(e),

@@ -477,7 +477,8 @@ pub const VIRTIO_TLS_EHOSTUNREACH: u32 = 113;
 pub const VIRTIO_TLS_EALREADY: u32 = 114;
 
 // ---------------------------------------------------------------------------
-// Socket API numbers (SSA's in_tls.h; spec 2.10). Option values travel in
+// Socket API numbers (SSA's in_tls.h, which include/in_tls.h reproduces for
+// guest programs and libipprototls alike; spec 2.10). Option values travel in
 // SETOPT/GETOPT unchanged except that integers are 4-byte little-endian.
 // ---------------------------------------------------------------------------
 

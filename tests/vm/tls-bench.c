@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../../guest-driver/include/in_tls.h"
+#include "../../include/in_tls.h"
 #include "check.h"
 
 #ifdef WITH_OPENSSL

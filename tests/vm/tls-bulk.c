@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "../../guest-driver/include/in_tls.h"
+#include "../../include/in_tls.h"
 
 static uint8_t pattern_at(uint64_t i)
 {

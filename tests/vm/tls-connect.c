@@ -15,7 +15,7 @@
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
-#include "../../guest-driver/include/in_tls.h"
+#include "../../include/in_tls.h"
 #include "check.h"
 
 

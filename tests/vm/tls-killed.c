@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "../../guest-driver/include/in_tls.h"
+#include "../../include/in_tls.h"
 
 int main(int argc, char **argv)
 {

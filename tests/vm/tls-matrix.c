@@ -11,7 +11,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "../../guest-driver/include/in_tls.h"
+#include "../../include/in_tls.h"
 #include "check.h"
 
 

@@ -17,7 +17,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include "../../guest-driver/include/in_tls.h"
+#include "../../include/in_tls.h"
 
 static int port;
 

@@ -18,7 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "../../guest-driver/include/in_tls.h"
+#include "../../include/in_tls.h"
 #include "check.h"
 
 static int listen_on(int family, int port)

@@ -6,7 +6,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <unistd.h>
-#include "../../guest-driver/include/in_tls.h"
+#include "../../include/in_tls.h"
 #include "check.h"
 
 

@@ -26,7 +26,7 @@ use crate::tls::iana_suite_name;
 mod include;
 mod server;
 mod show;
-pub use server::{ClientPolicy, Identity, ListenMapping, ServerPolicy};
+pub use server::{backlog, ClientPolicy, Identity, ListenMapping, ServerPolicy, DEFAULT_BACKLOG, MAX_BACKLOG};
 
 // ---------------------------------------------------------------------------
 // TLS versions

@@ -23,7 +23,7 @@ use vm_memory::GuestAddressSpace;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::limits::{HandshakeBucket, LimitWarnings};
-use crate::listener::{Listener, DEFAULT_BACKLOG, MAX_BACKLOG};
+use crate::listener::Listener;
 use crate::queues::{self, MemoryGuard, ReadOutcome, Vring};
 use crate::socket::{Notice, Phase, Socket};
 use crate::telemetry::{Direction, Outcome, Snapshot, Telemetry};
@@ -635,15 +635,13 @@ impl Device {
         if socket.phase != Phase::Created {
             return Err(Errno::EINVAL);
         }
-        let Some(mapping) = policy.server.mapping(addr.port) else {
-            let reason = if addr.port == 0 {
-                "the policy maps fixed guest ports only: bind a port it lists under [[server.listen]]".to_owned()
-            } else {
-                format!("the policy lets no guest socket listen on port {} ([[server.listen]])", addr.port)
-            };
-            tracing::info!(socket = id, port = addr.port, "bind refused: {reason}");
-            socket.error = Some(reason);
-            return Err(Errno::EACCES);
+        let mapping = match policy.server.mapping_for_bind(addr.port) {
+            Ok(mapping) => mapping,
+            Err(failure) => {
+                tracing::info!(socket = id, port = addr.port, "bind refused: {}", failure.reason);
+                socket.error = Some(failure.reason);
+                return Err(failure.errno);
+            }
         };
         // The host's SO_REUSEADDR would let two sockets bind one port
         // until one listens; the guest expects its own stack's answer.
@@ -678,10 +676,7 @@ impl Device {
             // The guest's stack would pick a port; only the policy's work.
             return Err(Errno::EINVAL);
         }
-        let backlog = match request.backlog as usize {
-            0 => DEFAULT_BACKLOG,
-            n => n.min(MAX_BACKLOG),
-        };
+        let backlog = tls_engine::policy::backlog(i64::from(request.backlog));
         let config = match self.server_context.config(&socket.options) {
             Ok(config) => config,
             Err(failure) => {

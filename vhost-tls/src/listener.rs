@@ -13,10 +13,7 @@ use rustls::ServerConfig;
 use socket2::{Domain, Protocol, Socket as RawSocket, Type};
 use tls_engine::errno::{Errno, Failure};
 
-/// Connections a listening socket holds (handshaking plus ready) when the
-/// guest asked for no particular backlog, and the most it may ask for.
-pub const DEFAULT_BACKLOG: usize = 128;
-pub const MAX_BACKLOG: usize = 4096;
+use tls_engine::policy::DEFAULT_BACKLOG;
 
 pub struct Listener {
     /// The guest's view: the port it bound (and the family it used).

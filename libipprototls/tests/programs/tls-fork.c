@@ -15,7 +15,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "../../../guest-driver/include/in_tls.h"
+#include "../../../include/in_tls.h"
 #include "../../../tests/vm/check.h"
 
 static int connected(int port)

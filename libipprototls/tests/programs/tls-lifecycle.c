@@ -22,7 +22,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
-#include "../../../guest-driver/include/in_tls.h"
+#include "../../../include/in_tls.h"
 #include "../../../tests/vm/check.h"
 
 static struct sockaddr_in loopback(int port)

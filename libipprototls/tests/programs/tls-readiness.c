@@ -2,15 +2,18 @@
  * - bytes that are no data (TLS 1.3 session tickets) are not POLLIN;
  * - decrypted data the library already holds is POLLIN even when the
  *   kernel has nothing left: reading a page one byte per wakeup never
- *   stalls, with poll, select, and epoll (level-triggered, edge-triggered
- *   reads to EAGAIN, EPOLLONESHOT with re-arming);
+ *   stalls, with poll, select, pselect, and epoll (level-triggered,
+ *   edge-triggered reads to EAGAIN, EPOLLONESHOT with re-arming,
+ *   epoll_pwait2);
  * - a thread blocked reading does not stop another from writing.
  * usage: tls-readiness PORT   (openssl s_server -www for localhost) */
+#define _GNU_SOURCE /* epoll_pwait2 */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +21,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "../../../guest-driver/include/in_tls.h"
+#include "../../../include/in_tls.h"
 #include "../../../tests/vm/check.h"
 
 static struct sockaddr_in server;
@@ -52,7 +55,7 @@ static int whole(size_t length)
 	return strncmp(reply, "HTTP/1.0 200 ok", 15) == 0 && strstr(reply, "</HTML>") != NULL;
 }
 
-enum waiter { POLL, SELECT, EPOLL_LEVEL, EPOLL_ONESHOT };
+enum waiter { POLL, SELECT, PSELECT, EPOLL_LEVEL, EPOLL_ONESHOT, EPOLL_PWAIT2 };
 
 /* Reads the reply one byte per wakeup; 1 when it got all of it, to the
  * end of stream, without a wait timing out. */
@@ -61,7 +64,7 @@ static int one_byte_per_wakeup(enum waiter how)
 	int fd = requested(), ep = -1;
 	if (fd < 0)
 		return -1;
-	if (how == EPOLL_LEVEL || how == EPOLL_ONESHOT) {
+	if (how == EPOLL_LEVEL || how == EPOLL_ONESHOT || how == EPOLL_PWAIT2) {
 		ep = epoll_create1(0);
 		struct epoll_event ev = { .events = EPOLLIN | (how == EPOLL_ONESHOT ? EPOLLONESHOT : 0), .data.u64 = 42 };
 		epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
@@ -78,6 +81,18 @@ static int one_byte_per_wakeup(enum waiter how)
 			FD_SET(fd, &set);
 			struct timeval tv = { .tv_sec = 5 };
 			ready = select(fd + 1, &set, NULL, NULL, &tv) == 1 && FD_ISSET(fd, &set);
+		} else if (how == PSELECT) {
+			fd_set set;
+			sigset_t mask;
+			FD_ZERO(&set);
+			FD_SET(fd, &set);
+			sigemptyset(&mask);
+			struct timespec ts = { .tv_sec = 5 };
+			ready = pselect(fd + 1, &set, NULL, NULL, &ts, &mask) == 1 && FD_ISSET(fd, &set);
+		} else if (how == EPOLL_PWAIT2) {
+			struct epoll_event got;
+			struct timespec ts = { .tv_sec = 5 };
+			ready = epoll_pwait2(ep, &got, 1, &ts, NULL) == 1 && (got.events & EPOLLIN) && got.data.u64 == 42;
 		} else {
 			struct epoll_event got;
 			ready = epoll_wait(ep, &got, 1, 5000) == 1 && (got.events & EPOLLIN) && got.data.u64 == 42;
@@ -156,11 +171,25 @@ int main(int argc, char **argv)
 	struct pollfd p = { .fd = fd, .events = POLLIN };
 	check(poll(&p, 1, 500) == 0, "session tickets after the handshake are not POLLIN");
 	close(fd);
+	fd = connected();
+	fd_set set;
+	FD_ZERO(&set);
+	FD_SET(fd, &set);
+	struct timespec half = { .tv_nsec = 500000000 };
+	check(pselect(fd + 1, &set, NULL, NULL, &half, NULL) == 0, "pselect: session tickets are not readable");
+	int ep = epoll_create1(0);
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd }, got;
+	epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+	check(epoll_pwait2(ep, &got, 1, &half, NULL) == 0, "epoll_pwait2: session tickets are not EPOLLIN");
+	close(ep);
+	close(fd);
 
 	check(one_byte_per_wakeup(POLL), "poll: one byte per wakeup reads the whole page");
 	check(one_byte_per_wakeup(SELECT), "select: one byte per wakeup reads the whole page");
+	check(one_byte_per_wakeup(PSELECT), "pselect: one byte per wakeup reads the whole page");
 	check(one_byte_per_wakeup(EPOLL_LEVEL), "epoll: one byte per wakeup reads the whole page");
 	check(one_byte_per_wakeup(EPOLL_ONESHOT), "epoll EPOLLONESHOT: silent until re-armed, then the next byte");
+	check(one_byte_per_wakeup(EPOLL_PWAIT2), "epoll_pwait2: one byte per wakeup reads the whole page");
 	check(edge_triggered(), "epoll EPOLLET: reads to EAGAIN get the whole page");
 
 	fd = connected();

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "../../../guest-driver/include/in_tls.h"
+#include "../../../include/in_tls.h"
 #include "../../../tests/vm/check.h"
 
 static struct sockaddr_in server;

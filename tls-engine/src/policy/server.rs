@@ -12,6 +12,22 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{PolicyError, Source};
+use crate::errno::{Errno, Failure};
+
+/// Connections a listening socket holds (handshaking plus handshaken, not
+/// yet accepted) when the program asked for no particular backlog, and the
+/// most it may ask for. The device and the user-space library alike.
+pub const DEFAULT_BACKLOG: usize = 128;
+pub const MAX_BACKLOG: usize = 4096;
+
+/// The backlog a listen() asking for `requested` gets: 0 (or less) is the
+/// default, anything above [`MAX_BACKLOG`] is capped.
+pub fn backlog(requested: i64) -> usize {
+    match requested {
+        n if n <= 0 => DEFAULT_BACKLOG,
+        n => (n as u64).min(MAX_BACKLOG as u64) as usize,
+    }
+}
 
 /// Guest listening sockets, from the `[server]` section. Empty (no guest
 /// may listen) when the section is absent.
@@ -57,6 +73,21 @@ impl ServerPolicy {
     /// Where the backend listens for guest port `port`.
     pub fn mapping(&self, guest_port: u16) -> Option<&ListenMapping> {
         self.listen.iter().find(|m| m.guest_port == guest_port)
+    }
+
+    /// Where a socket binding `port` listens, or why it may not (EACCES
+    /// and the reason for TLS_ERROR): only the ports the policy lists
+    /// under `[[server.listen]]`, never port 0 (an ephemeral port could be
+    /// no mapping's).
+    pub fn mapping_for_bind(&self, port: u16) -> Result<&ListenMapping, Failure> {
+        self.mapping(port).ok_or_else(|| {
+            let reason = if port == 0 {
+                "the policy maps fixed ports only: bind a port it lists under [[server.listen]]".to_owned()
+            } else {
+                format!("the policy lets no socket listen on port {port} ([[server.listen]])")
+            };
+            Failure::new(Errno::EACCES, reason)
+        })
     }
 
     /// The identity for a client that asked for `server_name` (SNI): one

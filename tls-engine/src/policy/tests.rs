@@ -663,6 +663,12 @@ private_key = "wild.key"
     assert_eq!(server.mapping(443).unwrap().host, "127.0.0.1:8443".parse().unwrap());
     assert_eq!(server.mapping(8443).unwrap().host, "[::1]:9443".parse().unwrap());
     assert!(server.mapping(80).is_none());
+    // bind(): the mapping, or EACCES with the reason for TLS_ERROR.
+    assert_eq!(server.mapping_for_bind(443).unwrap().host, "127.0.0.1:8443".parse().unwrap());
+    let refused = server.mapping_for_bind(80).unwrap_err();
+    assert_eq!(refused.errno, crate::errno::Errno::EACCES);
+    assert!(refused.reason.contains("port 80 ([[server.listen]])"), "{}", refused.reason);
+    assert!(server.mapping_for_bind(0).unwrap_err().reason.contains("fixed ports only"));
     let names_of = |sni: Option<&str>| server.identity_for(sni).unwrap().names.clone();
     assert_eq!(names_of(Some("v1.api.test")), ["*.api.test"]);
     assert_eq!(names_of(Some("V1.API.TEST.")), ["*.api.test"], "case and a trailing dot do not matter");
@@ -703,4 +709,12 @@ fn server_errors_name_their_line() {
     refused("[[server.identities]]\ncertificate_chain = \"a.key\"\nprivate_key = \"a.key\"\n", 1, "no PEM certificate");
     refused("[[server.identities]]\ncertificate_chain = \"a.pem\"\nprivate_key = \"a.pem\"\n", 1, "no PEM private key");
     refused("[[server.identities]]\ncertificate_chain = \"a.pem\"\n", 1, "missing field `private_key`");
+}
+
+#[test]
+fn listen_backlogs_default_and_are_capped() {
+    assert_eq!(super::backlog(0), DEFAULT_BACKLOG);
+    assert_eq!(super::backlog(-1), DEFAULT_BACKLOG);
+    assert_eq!(super::backlog(8), 8);
+    assert_eq!(super::backlog(1 << 40), MAX_BACKLOG);
 }

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause */
 /*
- * in_tls.h: the Secure Socket API (IPPROTO_TLS) for programs in a
- * vhost-tls guest. Source-compatible with SSA's in_tls.h: the numbers are
- * SSA's, and they are the ones on the virtio-tls wire (spec/src/wire.rs,
+ * in_tls.h: the Secure Socket API (IPPROTO_TLS), one header for both
+ * transports: programs in a vhost-tls guest (the virtio_tls.ko driver) and
+ * programs anywhere else under libipprototls (LD_PRELOAD or -lipprototls).
+ * Source-compatible with SSA's in_tls.h: the numbers are SSA's, and they
+ * are the ones on the virtio-tls wire (spec/src/wire.rs,
  * spec/virtio-tls.md 2.10).
  */
 #ifndef VHOST_TLS_IN_TLS_H
