@@ -377,16 +377,7 @@ impl Acceptor {
                 if revents != 0 || socket.deadline().is_some_and(|d| now >= d) {
                     socket.progress(fd);
                 }
-                match socket.state {
-                    State::Established => self.hand_over(fd, socket),
-                    State::Handshaking => self.pending.push((fd, socket)),
-                    // A failed handshake (or its timeout): dropped, never
-                    // returned by accept; progress() shut it down.
-                    _ => {
-                        // SAFETY: the acceptor's own descriptor.
-                        unsafe { real::close(fd) };
-                    }
-                }
+                self.settle(fd, socket);
             }
             starved = false;
             if fds[1].revents != 0 {
@@ -394,6 +385,20 @@ impl Acceptor {
             }
         }
         self.close_all();
+    }
+
+    /// After a handshake step: a finished connection goes to accept(), one
+    /// still handshaking waits, and a failed one (or one past its timeout)
+    /// is dropped, never returned by accept; progress() shut it down.
+    fn settle(&mut self, fd: c_int, socket: TlsSocket) {
+        match socket.state {
+            State::Established => self.hand_over(fd, socket),
+            State::Handshaking => self.pending.push((fd, socket)),
+            _ => {
+                // SAFETY: the acceptor's own descriptor, not used again.
+                unsafe { real::close(fd) };
+            }
+        }
     }
 
     /// Accepts what the kernel has while there is room; false when the
@@ -439,14 +444,7 @@ impl Acceptor {
                 continue;
             };
             socket.progress(fd);
-            match socket.state {
-                State::Established => self.hand_over(fd, socket),
-                State::Handshaking => self.pending.push((fd, socket)),
-                _ => {
-                    // SAFETY: as above.
-                    unsafe { real::close(fd) };
-                }
-            }
+            self.settle(fd, socket);
         }
     }
 

@@ -37,8 +37,23 @@ fn vhost_error(error: vhost::Error) -> io::Error {
 
 impl VhostUserDevice {
     /// Connects (retrying while the backend comes up, up to 10 s) and
-    /// brings the device to the point where all queues run.
-    pub fn connect(socket_path: &Path, mut memory: GuestMemory, num_queues: usize, queue_size: u16) -> io::Result<VhostUserDevice> {
+    /// brings the device to the point where all queues run, with EVENT_IDX
+    /// when the backend offers it.
+    pub fn connect(socket_path: &Path, memory: GuestMemory, num_queues: usize, queue_size: u16) -> io::Result<VhostUserDevice> {
+        Self::connect_with(socket_path, memory, num_queues, queue_size, true)
+    }
+
+    /// As `connect`; without `event_idx` the driver kicks after every
+    /// publication and takes every interrupt (for callers that write the
+    /// rings themselves, such as the descriptor-chain fuzzer, and so do
+    /// not keep the indexes EVENT_IDX needs).
+    pub fn connect_with(
+        socket_path: &Path,
+        mut memory: GuestMemory,
+        num_queues: usize,
+        queue_size: u16,
+        event_idx: bool,
+    ) -> io::Result<VhostUserDevice> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut frontend = loop {
             match Frontend::connect(socket_path, num_queues as u64) {
@@ -53,7 +68,8 @@ impl VhostUserDevice {
         frontend.set_owner().map_err(vhost_error)?;
         let offered = frontend.get_features().map_err(vhost_error)?;
         let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let acked_features = offered & (DEVICE_FEATURE_BITS | VIRTIO_RING_F_EVENT_IDX | VIRTIO_F_VERSION_1 | protocol);
+        let wanted_ring = if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
+        let acked_features = offered & (DEVICE_FEATURE_BITS | wanted_ring | VIRTIO_F_VERSION_1 | protocol);
         frontend.set_features(acked_features).map_err(vhost_error)?;
         if offered & protocol != 0 {
             let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ;

@@ -291,6 +291,22 @@ fn bulk_64_mib_each_way_with_checksums() {
     device.close(id).unwrap();
 }
 
+/// Sends `total` bytes of [`Pattern`], ends the write side and returns what
+/// the peer's answer to that is (Eof: it saw everything, then close_notify).
+fn upload_pattern(device: &mut TlsDevice, id: u32, total: u64) -> Recv {
+    let mut pattern = Pattern::new(total);
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = pattern.fill(&mut chunk);
+        if n == 0 {
+            break;
+        }
+        device.send_all(id, &chunk[..n], TIMEOUT).unwrap();
+    }
+    device.shutdown(id, wire::VIRTIO_TLS_SHUT_WR).unwrap();
+    device.recv(id, 1024, Duration::from_secs(20))
+}
+
 /// Every byte handed to the device reaches the peer before close_notify,
 /// however the last bytes race with TCP back-pressure.
 #[test]
@@ -303,17 +319,8 @@ fn uploads_end_with_every_byte_then_close_notify() {
     for round in 0..6 {
         let (id, result) = connect(&mut device, sink.addr, Some("localhost"));
         result.unwrap();
-        let mut pattern = Pattern::new(TOTAL);
-        let mut chunk = vec![0u8; 1 << 20];
-        loop {
-            let n = pattern.fill(&mut chunk);
-            if n == 0 {
-                break;
-            }
-            device.send_all(id, &chunk[..n], TIMEOUT).unwrap();
-        }
-        device.shutdown(id, wire::VIRTIO_TLS_SHUT_WR).unwrap();
-        assert_eq!(device.recv(id, 1024, Duration::from_secs(20)), Recv::Eof, "round {round}: {:?}", bed.server.sockets());
+        let end = upload_pattern(&mut device, id, TOTAL);
+        assert_eq!(end, Recv::Eof, "round {round}: {:?}", bed.server.sockets());
         device.close(id).unwrap();
     }
     let digests = sink.stats.received_digests.lock().unwrap().clone();
@@ -347,17 +354,7 @@ fn busy_polling_moves_the_same_bytes() {
 
     let (id, result) = connect(&mut device, sink.addr, Some("localhost"));
     result.unwrap();
-    let mut pattern = Pattern::new(TOTAL);
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        let n = pattern.fill(&mut chunk);
-        if n == 0 {
-            break;
-        }
-        device.send_all(id, &chunk[..n], TIMEOUT).unwrap();
-    }
-    device.shutdown(id, wire::VIRTIO_TLS_SHUT_WR).unwrap();
-    assert_eq!(device.recv(id, 1024, Duration::from_secs(20)), Recv::Eof);
+    assert_eq!(upload_pattern(&mut device, id, TOTAL), Recv::Eof);
     device.close(id).unwrap();
     assert_eq!(sink.stats.received_digests.lock().unwrap().clone(), vec![Pattern::digest(TOTAL)]);
 }
