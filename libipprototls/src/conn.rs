@@ -12,6 +12,7 @@ use std::ffi::c_int;
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT};
@@ -19,6 +20,7 @@ use rustls::{Connection, ServerConnection};
 use tls_engine::destination::{self, Destination};
 use tls_engine::errno::{Errno, Failure};
 use tls_engine::getopt::{is_string_option, option_value, SocketState};
+use tls_engine::limits::{admit_handshake, HandshakeBucket, HandshakeRefusal};
 use tls_engine::options::{Phase as OptionPhase, SocketOptions};
 use tls_engine::tls::{describe_error, ClientContext, ConnectionInfo};
 
@@ -49,6 +51,54 @@ pub const MAX_OPTION_LEN: usize = 4000;
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// TLS sockets alive in this process, against the policy's max_sockets.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Handshakes under way in this process, client and server, against the
+/// policy's max_pending_handshakes; and their starts, against its
+/// handshakes_per_second. The device applies both per VM, this library
+/// per process.
+static HANDSHAKING: AtomicUsize = AtomicUsize::new(0);
+static HANDSHAKE_RATE: Mutex<Option<HandshakeBucket>> = Mutex::new(None);
+
+/// One place among the process's handshakes in progress, held from the
+/// moment a handshake may start until it is done or has failed.
+pub struct HandshakeSlot {
+    /// Nothing happened with it yet: dropping it gives the rate's token
+    /// back too (an incoming connection that was not there after all).
+    unused: bool,
+}
+
+impl HandshakeSlot {
+    /// A place for one more handshake, or which limit refuses it.
+    pub fn take(context: &ClientContext) -> Result<HandshakeSlot, HandshakeRefusal> {
+        let limits = &context.policy().limits;
+        let in_progress = HANDSHAKING.fetch_add(1, Ordering::AcqRel);
+        let mut rate = HANDSHAKE_RATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bucket = rate.get_or_insert_with(|| HandshakeBucket::new(limits.handshakes_per_second));
+        match admit_handshake(in_progress, bucket, limits, Instant::now()) {
+            Ok(()) => Ok(HandshakeSlot { unused: true }),
+            Err(refusal) => {
+                HANDSHAKING.fetch_sub(1, Ordering::AcqRel);
+                Err(refusal)
+            }
+        }
+    }
+
+    /// A handshake is under way in it: dropping it only frees the place.
+    pub fn used(mut self) -> HandshakeSlot {
+        self.unused = false;
+        self
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        HANDSHAKING.fetch_sub(1, Ordering::AcqRel);
+        if self.unused {
+            if let Some(bucket) = HANDSHAKE_RATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_mut() {
+                bucket.refund();
+            }
+        }
+    }
+}
 
 pub struct TlsSocket {
     id: u64,
@@ -96,6 +146,8 @@ pub struct TlsSocket {
     /// An accepted connection: the name the client asked for (SNI; empty
     /// when none), which TLS_HOSTNAME reports.
     accepted_for_name: Option<String>,
+    /// Held while connecting or handshaking (max_pending_handshakes).
+    handshake_slot: Option<HandshakeSlot>,
 }
 
 /// What a read or write could do without waiting.
@@ -147,6 +199,7 @@ impl TlsSocket {
             bound_as: None,
             listening: None,
             accepted_for_name: None,
+            handshake_slot: None,
         })
     }
 
@@ -159,8 +212,10 @@ impl TlsSocket {
         options: &SocketOptions,
         tls: ServerConnection,
         peer: SocketAddr,
+        slot: HandshakeSlot,
     ) -> Result<TlsSocket, Errno> {
         let mut socket = TlsSocket::new(family, context)?;
+        socket.handshake_slot = Some(slot.used());
         let timeout = Duration::from_secs(u64::from(context.policy().limits.handshake_timeout_secs));
         socket.options = options.clone();
         socket.tls = Some(tls.into());
@@ -254,8 +309,27 @@ impl TlsSocket {
         if let Err(failure) = &result {
             self.state = State::Failed;
             self.error = Some(failure.reason.clone());
+            self.handshake_slot = None;
         }
         result
+    }
+
+    /// Takes the place a connect's handshake needs among the process's
+    /// handshakes (max_pending_handshakes, handshakes_per_second), before
+    /// anything else happens. Refused: EAGAIN, TLS_ERROR names the limit,
+    /// and the socket stays as it was, so the program may try again (as
+    /// through the device).
+    pub fn admit(&mut self) -> Result<(), Errno> {
+        match HandshakeSlot::take(self.context) {
+            Ok(slot) => {
+                self.handshake_slot = Some(slot.used());
+                Ok(())
+            }
+            Err(refusal) => {
+                self.error = Some(refusal.to_string());
+                Err(Errno::EAGAIN)
+            }
+        }
     }
 
     fn begin(&mut self, fd: c_int, destination: &Destination) -> Result<(), Failure> {
@@ -396,6 +470,7 @@ impl TlsSocket {
         }
         self.state = State::Established;
         self.deadline = None;
+        self.handshake_slot = None;
         // The client's Finished (and anything after it) goes now.
         self.flush(fd)?;
         Ok(())
@@ -415,6 +490,7 @@ impl TlsSocket {
         self.tls = None;
         self.state = State::Failed;
         self.deadline = None;
+        self.handshake_slot = None;
         self.candidates.clear();
         self.pending_error = Some(failure.errno);
         self.error = Some(failure.reason);

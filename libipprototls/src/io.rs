@@ -64,6 +64,7 @@ pub fn connect(handle: &Handle, fd: c_int, destination: &Destination) -> Result<
             State::Failed if socket.pending_error_set() => return Err(socket.take_pending_error().expect("set")),
             State::Created | State::Failed => {}
         }
+        socket.admit()?;
         if destination.needs_resolution() && nonblocking(fd) {
             // The system resolver blocks: a non-blocking connect must not.
             socket.start_resolving();

@@ -43,7 +43,7 @@ use tls_engine::options::SocketOptions;
 use tls_engine::policy::backlog as backlog_for;
 use tls_engine::tls::ClientContext;
 
-use crate::conn::{State, TlsSocket};
+use crate::conn::{HandshakeSlot, State, TlsSocket};
 use crate::table::{self, Handle};
 use crate::{config, readiness, real, sockaddr};
 
@@ -331,7 +331,8 @@ struct Acceptor {
 }
 
 /// How long the acceptor waits before trying again when the process is out
-/// of descriptors or TLS sockets (nothing else would wake it).
+/// of descriptors or TLS sockets, or over its handshake limits (nothing
+/// else would wake it).
 const RETRY_MS: c_int = 100;
 
 impl Acceptor {
@@ -339,8 +340,7 @@ impl Acceptor {
         let mut starved = false;
         while !self.shared.stopped.load(Ordering::Acquire) {
             let waiting = self.shared.ready().len();
-            let room = self.pending.len() + waiting < self.shared.backlog.load(Ordering::Acquire)
-                && self.pending.len() < self.context.policy().limits.max_pending_handshakes as usize;
+            let room = self.pending.len() + waiting < self.shared.backlog.load(Ordering::Acquire);
             let mut fds = vec![
                 libc::pollfd { fd: self.shared.control, events: libc::POLLIN, revents: 0 },
                 // Left out (fd -1) while the backlog is full: clients wait
@@ -406,14 +406,18 @@ impl Acceptor {
     fn take_connections(&mut self) -> bool {
         loop {
             let waiting = self.shared.ready().len();
-            if self.pending.len() + waiting >= self.shared.backlog.load(Ordering::Acquire)
-                || self.pending.len() >= self.context.policy().limits.max_pending_handshakes as usize
-            {
+            if self.pending.len() + waiting >= self.shared.backlog.load(Ordering::Acquire) {
                 return true;
             }
             if !TlsSocket::room_for_another(self.context) {
                 return false;
             }
+            // The process's handshake limits hold for the handshakes it
+            // serves too; over them, clients wait in the kernel's queue
+            // and the acceptor looks again after RETRY_MS.
+            let Ok(slot) = HandshakeSlot::take(self.context) else {
+                return false;
+            };
             // SAFETY: sockaddr_storage is plain data.
             let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -436,7 +440,7 @@ impl Acceptor {
             let raw = unsafe { std::slice::from_raw_parts((&peer as *const libc::sockaddr_storage).cast::<u8>(), len as usize) };
             let accepted = sockaddr::inet_address(raw, self.family).ok().and_then(|peer| {
                 let tls = ServerConnection::new(self.config.clone()).ok()?;
-                TlsSocket::accepted(self.family, self.context, &self.options, tls, peer).ok()
+                TlsSocket::accepted(self.family, self.context, &self.options, tls, peer, slot).ok()
             });
             let Some(mut socket) = accepted else {
                 // SAFETY: the descriptor just accepted.

@@ -11,6 +11,7 @@
 pub mod destination;
 pub mod errno;
 pub mod getopt;
+pub mod limits;
 pub mod options;
 pub mod policy;
 pub mod tls;

@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tls_engine::destination::{self, Destination};
 use tls_engine::errno::{Errno, Failure};
 use tls_engine::getopt::{option_value, SocketState};
+use tls_engine::limits::{admit_handshake, HandshakeRefusal};
 use tls_engine::options::{parse_hostname, Phase as OptionPhase};
 use tls_engine::tls::{ClientContext, ServerContext};
 use tls_engine::Policy;
@@ -559,16 +560,16 @@ impl Device {
         let audit_name = socket.options.hostname().map(str::to_owned).unwrap_or_else(|| destination.server_name());
         self.telemetry.begin(socket, Direction::Client, Some(audit_name), self.policy_generation);
         let limits = &policy.limits;
-        let refusal = if handshakes_in_progress >= limits.max_pending_handshakes as usize {
-            let reason = format!("too many handshakes in progress (max_pending_handshakes = {})", limits.max_pending_handshakes);
-            self.limit_warnings.pending_handshakes.warn(&reason);
-            Some(reason)
-        } else if !self.handshake_bucket.try_take(limits.handshakes_per_second, Instant::now()) {
-            let reason = format!("too many new handshakes (handshakes_per_second = {})", limits.handshakes_per_second);
-            self.limit_warnings.handshake_rate.warn(&reason);
-            Some(reason)
-        } else {
-            None
+        let refusal = match admit_handshake(handshakes_in_progress, &mut self.handshake_bucket, limits, Instant::now()) {
+            Ok(()) => None,
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                match refusal {
+                    HandshakeRefusal::Pending(_) => self.limit_warnings.pending_handshakes.warn(&reason),
+                    HandshakeRefusal::Rate(_) => self.limit_warnings.handshake_rate.warn(&reason),
+                };
+                Some(reason)
+            }
         };
         if let Some(reason) = refusal {
             // The socket stays Created: the program may try again.
@@ -738,13 +739,16 @@ impl Device {
                 self.limit_warnings.buffer_memory.warn("vm_buffer_mib reached: incoming connections wait");
                 return;
             }
-            if self.handshakes_in_progress() >= limits.max_pending_handshakes as usize {
-                self.limit_warnings.pending_handshakes.warn("max_pending_handshakes reached: incoming connections wait");
-                return;
-            }
-            if !self.handshake_bucket.try_take(limits.handshakes_per_second, Instant::now()) {
-                self.limit_warnings.handshake_rate.warn("handshakes_per_second reached: incoming connections wait");
-                return;
+            match admit_handshake(self.handshakes_in_progress(), &mut self.handshake_bucket, limits, Instant::now()) {
+                Ok(()) => {}
+                Err(HandshakeRefusal::Pending(_)) => {
+                    self.limit_warnings.pending_handshakes.warn("max_pending_handshakes reached: incoming connections wait");
+                    return;
+                }
+                Err(HandshakeRefusal::Rate(_)) => {
+                    self.limit_warnings.handshake_rate.warn("handshakes_per_second reached: incoming connections wait");
+                    return;
+                }
             }
             let listener = self.sockets.get(&listener_id).and_then(|s| s.listener.as_ref()).expect("looked up above");
             let (stream, peer) = match listener.accept() {

@@ -1,44 +1,12 @@
 //! Per-VM admission limits beyond the socket count: handshakes in
-//! progress, new handshakes per second, and buffer memory reserved. Going
-//! over one fails only the request that would (EAGAIN or ENOBUFS); the
-//! warning about it is rate-limited so a guest cannot flood the host's log.
+//! progress and new handshakes per second (decided by tls-engine, shared
+//! with libipprototls), and buffer memory reserved. Going over one fails
+//! only the request that would (EAGAIN or ENOBUFS); the warning about it
+//! is rate-limited so a guest cannot flood the host's log.
 
 use std::time::{Duration, Instant};
 
-/// A token bucket holding at most one second of handshakes.
-#[derive(Debug)]
-pub struct HandshakeBucket {
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl HandshakeBucket {
-    pub fn new(per_second: u32) -> HandshakeBucket {
-        HandshakeBucket { tokens: f64::from(per_second), refilled: Instant::now() }
-    }
-
-    /// Takes a token if one is left at `per_second` (the policy's rate,
-    /// which a reload may have changed).
-    pub fn try_take(&mut self, per_second: u32, now: Instant) -> bool {
-        let rate = f64::from(per_second);
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-impl HandshakeBucket {
-    /// Returns a token taken for a handshake that did not start.
-    pub fn refund(&mut self) {
-        self.tokens += 1.0;
-    }
-}
+pub use tls_engine::limits::HandshakeBucket;
 
 /// A warning logged at most once per interval, with a count of the ones
 /// held back in between.
@@ -82,20 +50,6 @@ pub struct LimitWarnings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bucket_allows_a_burst_of_one_second_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = HandshakeBucket::new(10);
-        let taken = (0..20).filter(|_| bucket.try_take(10, start)).count();
-        assert_eq!(taken, 10, "one second's worth at once");
-        assert!(!bucket.try_take(10, start + Duration::from_millis(50)), "half a token is not a token");
-        assert!(bucket.try_take(10, start + Duration::from_millis(110)));
-        assert!(!bucket.try_take(10, start + Duration::from_millis(120)));
-        // Long idle: refills to the burst, not beyond.
-        let later = start + Duration::from_secs(60);
-        assert_eq!((0..30).filter(|_| bucket.try_take(10, later)).count(), 10);
-    }
 
     #[test]
     fn warnings_are_rate_limited() {
