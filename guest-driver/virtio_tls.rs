@@ -365,8 +365,16 @@ impl Device {
                 return Err(Error::from_errno(err));
             }
             bindings::virtqueue_kick(self.tx);
+            // The device takes a packet within microseconds: spin for it,
+            // as for control answers, before sleeping (a timer sleep costs
+            // far more than that in a TCG guest).
+            let spin_until = bindings::ktime_get_mono_fast_ns() + CONTROL_SPIN_NS;
             let mut waited = 0;
             while bindings::virtqueue_get_buf(self.tx, &mut len).is_null() {
+                if bindings::ktime_get_mono_fast_ns() < spin_until {
+                    core::hint::spin_loop();
+                    continue;
+                }
                 if waited >= 100_000 {
                     return Err(Error::from_errno(-(bindings::ETIMEDOUT as c_int)));
                 }
