@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::ServerName;
 use vhost_tls_harness::bench::{mib_per_s, per_second};
 use vhost_tls_harness::peers::{Behaviour, RustlsServer};
@@ -52,16 +52,7 @@ fn main() {
     let identity = ca.issue(&pki::loopback_names(), Validity::Current);
     let versions = [&rustls::version::TLS13];
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.cert_der()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client = pki::client_config(ca.cert_der(), &versions);
 
     println!("libipprototls benchmark: {mib} MiB each way, {handshakes} handshakes, TLS 1.3, loopback");
     println!("plain = a rustls client over std::net::TcpStream; library = socket(AF_INET, SOCK_STREAM, 205) and libc calls");

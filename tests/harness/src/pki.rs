@@ -4,8 +4,10 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
@@ -58,6 +60,20 @@ impl Identity {
 pub enum Validity {
     Current,
     Expired,
+}
+
+/// A rustls client (ring) that trusts only `ca` and speaks `versions`: the
+/// plain-TLS side of tests and benchmarks.
+pub fn client_config(ca: CertificateDer<'static>, versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca).expect("a test CA certificate");
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .expect("ring supports the test versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 impl TestCa {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConnection, StreamOwned};
 use rustls_pki_types::ServerName;
 use serde_json::Value;
 use tls_engine::{Errno, Policy};
@@ -191,16 +191,10 @@ fn host_client(
 ) -> std::thread::JoinHandle<Result<(), String>> {
     let versions = versions.to_vec();
     std::thread::spawn(move || {
-        let mut roots = RootCertStore::empty();
-        roots.add(ca).unwrap();
-        let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = pki::client_config(ca, &versions);
         let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let conn = ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+        let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
         let mut tls = StreamOwned::new(conn, tcp);
         tls.write_all(b"ping").map_err(|e| e.to_string())?;
         let mut reply = [0u8; 4];

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tls_engine::Errno;
 use vhost_tls_harness::driver::{Recv, TlsDevice};
-use vhost_tls_harness::pki::{TestCa, Validity};
+use vhost_tls_harness::pki::{self, TestCa, Validity};
 use vhost_tls_harness::testbed::{Testbed, LOOPBACK_POLICY};
 use virtio_tls_spec::{self as wire, SockAddr};
 
@@ -93,15 +93,7 @@ fn listen(device: &mut TlsDevice, family: u16, guest_port: u16) -> u32 {
 }
 
 fn client_config(ca_der: CertificateDer<'static>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca_der).unwrap();
-    Arc::new(
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    pki::client_config(ca_der, rustls::DEFAULT_VERSIONS)
 }
 
 /// What a host client saw of the guest server.

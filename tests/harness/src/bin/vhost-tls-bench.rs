@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::ServerName;
 use vhost_tls_harness::driver::{Recv, TlsDevice};
 use vhost_tls_harness::bench::{mib_per_s, per_second};
@@ -84,16 +84,7 @@ fn main() {
     let identity = bed.ca.issue(&pki::loopback_names(), Validity::Current);
     let versions = [&rustls::version::TLS13];
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(bed.ca.cert_der()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client = pki::client_config(bed.ca.cert_der(), &versions);
     let mut device = bed.driver();
     // Each metric runs `rounds` times, plain and device alternating, and
     // the medians are compared: load from other work on a shared machine
