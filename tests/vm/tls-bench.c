@@ -4,11 +4,13 @@
  * runs on the host). Built with -DWITH_OPENSSL, it runs OpenSSL inside the
  * guest over an ordinary TCP socket (virtio-net): the baseline.
  *
- * usage: tls-bench ADDRESS SOURCE_PORT ECHO_PORT BYTES HANDSHAKES [CAFILE]
+ * usage: tls-bench ADDRESS SOURCE_PORT ECHO_PORT SINK_PORT BYTES HANDSHAKES [CAFILE]
  * Downloads BYTES from SOURCE_PORT (a server that sends BYTES, then
- * close_notify) and does HANDSHAKES connect+handshake+close cycles to
- * ECHO_PORT, verifying the server as "localhost"; prints
- *   tls-bench MODE: download MIBS MiB/s, handshakes RATE/s[, resumed RATE/s]
+ * close_notify), uploads BYTES to SINK_PORT (a server that reads all, then
+ * answers the client's close_notify with its own) and does HANDSHAKES
+ * connect+handshake+close cycles to ECHO_PORT, verifying the server as
+ * "localhost"; prints
+ *   tls-bench MODE: download MIBS MiB/s, upload MIBS MiB/s, handshakes RATE/s[, resumed RATE/s]
  * Times are the guest's CLOCK_MONOTONIC. */
 #include <arpa/inet.h>
 #include <stdint.h>
@@ -151,6 +153,50 @@ static double download(int port, long bytes)
 	return bytes / 1048576.0 / seconds;
 }
 
+/* Sends BYTES, ends the stream with close_notify and waits for the
+ * server's: then every byte has arrived. */
+static double upload(int port, long bytes)
+{
+	int fd;
+	long sent = 0;
+	memset(buf, 0x5a, sizeof(buf));
+	double start = now();
+#ifdef WITH_OPENSSL
+	SSL *ssl = open_tls(port, &fd);
+	check(ssl != NULL, "connect to the sink");
+	if (!ssl)
+		return 0;
+	while (sent < bytes) {
+		long chunk = bytes - sent < (long)sizeof(buf) ? bytes - sent : (long)sizeof(buf);
+		int n = SSL_write(ssl, buf, (int)chunk);
+		if (n <= 0)
+			break;
+		sent += n;
+	}
+	SSL_shutdown(ssl);
+	while (SSL_read(ssl, buf, sizeof(buf)) > 0)
+		;
+	SSL_free(ssl);
+	close(fd);
+#else
+	check(open_tls(port, &fd, 1), "connect to the sink");
+	while (sent < bytes) {
+		size_t chunk = bytes - sent < (long)sizeof(buf) ? (size_t)(bytes - sent) : sizeof(buf);
+		ssize_t n = send(fd, buf, chunk, 0);
+		if (n <= 0)
+			break;
+		sent += n;
+	}
+	shutdown(fd, SHUT_WR);
+	while (recv(fd, buf, sizeof(buf), 0) > 0)
+		;
+	close(fd);
+#endif
+	double seconds = now() - start;
+	check(sent == bytes, "every byte of the upload was sent");
+	return bytes / 1048576.0 / seconds;
+}
+
 static double handshakes(int port, int count, int reuse)
 {
 	int ok = 0, fd;
@@ -182,29 +228,32 @@ static double handshakes(int port, int count, int reuse)
 
 int main(int argc, char **argv)
 {
-	if (argc < 6) {
-		fprintf(stderr, "usage: tls-bench ADDRESS SOURCE_PORT ECHO_PORT BYTES HANDSHAKES [CAFILE]\n");
+	if (argc < 7) {
+		fprintf(stderr, "usage: tls-bench ADDRESS SOURCE_PORT ECHO_PORT SINK_PORT BYTES HANDSHAKES [CAFILE]\n");
 		return 2;
 	}
 	server.sin_family = AF_INET;
 	inet_pton(AF_INET, argv[1], &server.sin_addr);
-	int source_port = atoi(argv[2]), echo_port = atoi(argv[3]), count = atoi(argv[5]);
-	long bytes = atol(argv[4]);
+	int source_port = atoi(argv[2]), echo_port = atoi(argv[3]), sink_port = atoi(argv[4]), count = atoi(argv[6]);
+	long bytes = atol(argv[5]);
 #ifdef WITH_OPENSSL
 	ctx = SSL_CTX_new(TLS_client_method());
 	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-	check(argc > 6 && SSL_CTX_load_verify_locations(ctx, argv[6], NULL) == 1, "load the CA");
+	check(argc > 7 && SSL_CTX_load_verify_locations(ctx, argv[7], NULL) == 1, "load the CA");
 	double mibs = download(source_port, bytes);
+	double up = upload(sink_port, bytes);
 	double rate = handshakes(echo_port, count, 0);
-	printf("tls-bench %s: download %.2f MiB/s, handshakes %.1f/s\n", MODE, mibs, rate);
+	printf("tls-bench %s: download %.2f MiB/s, upload %.2f MiB/s, handshakes %.1f/s\n", MODE, mibs, up, rate);
 #else
 	double mibs = download(source_port, bytes);
+	double up = upload(sink_port, bytes);
 	int full = 0, resume = 1;
 	double rate = handshakes(echo_port, count, full);
 	double resumed = handshakes(echo_port, count, resume);
-	printf("tls-bench %s: download %.2f MiB/s, handshakes %.1f/s, resumed %.1f/s\n", MODE, mibs, rate, resumed);
+	printf("tls-bench %s: download %.2f MiB/s, upload %.2f MiB/s, handshakes %.1f/s, resumed %.1f/s\n", MODE, mibs, up,
+	       rate, resumed);
 #endif
 	printf("tls-bench: %d failure(s)\n", failures);
 	return failures != 0;

@@ -2,7 +2,8 @@
 //! rustls servers with a fresh CA, on an address the benchmark chooses
 //! (loopback, or the host end of a tap device in a network namespace the
 //! benchmark made). Writes `ca.pem` into DIR, prints `echo PORT`,
-//! `source PORT` and `ready`, and serves until its standard input closes.
+//! `source PORT`, `sink PORT` and `ready`, and serves until its standard
+//! input closes.
 //!
 //! usage: vhost-tls-bench-peer DIR BIND_ADDRESS SOURCE_BYTES
 
@@ -26,8 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tls13 = [&rustls::version::TLS13];
     let echo = RustlsServer::start(SocketAddr::new(bind, 0), &identity, &tls13, Behaviour::Echo);
     let source = RustlsServer::start(SocketAddr::new(bind, 0), &identity, &tls13, Behaviour::Source { total });
+    let sink = RustlsServer::start(SocketAddr::new(bind, 0), &identity, &tls13, Behaviour::Discard);
     println!("echo {}", echo.addr.port());
     println!("source {}", source.addr.port());
+    println!("sink {}", sink.addr.port());
     println!("ready");
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     Ok(())
