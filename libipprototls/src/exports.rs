@@ -16,7 +16,7 @@ use virtio_tls_spec as wire;
 
 use crate::conn::{State, TlsSocket};
 use crate::table::{self, Handle};
-use crate::{config, io, readiness, real, server, sockaddr as address};
+use crate::{config, io, readiness, real, server, sockaddr as address, stdio};
 
 const IPPROTO_TLS: c_int = wire::IPPROTO_TLS as c_int;
 
@@ -127,9 +127,20 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
     // program that inherited the descriptor would talk TCP on it.
     // SAFETY: socket() with the program's flags.
     let fd = unsafe { real::socket(domain, ty | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP) };
-    if fd >= 0 {
-        table::insert(fd, Arc::new(Mutex::new(tls)));
+    if fd < 0 {
+        return fd;
     }
+    // Not at 0-2 or a stdio FILE's number (stdout closed, say): stdio
+    // would write plaintext to it (see crate::stdio).
+    let fd = match stdio::move_off_reserved(fd) {
+        Ok(fd) => fd,
+        Err(errno) => {
+            // SAFETY: the socket just made, ours until returned.
+            unsafe { real::close(fd) };
+            return fail(errno);
+        }
+    };
+    table::insert(fd, Arc::new(Mutex::new(tls)));
     fd
 }
 
@@ -321,29 +332,53 @@ fn adopt(handle: Handle, new_fd: c_int) {
     unsafe { real::fcntl(new_fd, libc::F_SETFD, libc::FD_CLOEXEC as libc::c_long) };
 }
 
+/// dup() of a TLS socket: the lowest free number, except those stdio
+/// writes to (0-2 and open FILEs': see crate::stdio), close-on-exec.
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
-    // SAFETY: passing the program's call on.
-    let new_fd = unsafe { real::dup(fd) };
-    if new_fd >= 0 {
-        if let Some(handle) = table::lookup(fd) {
+    let Some(handle) = table::lookup(fd) else {
+        // SAFETY: passing the program's call on.
+        return unsafe { real::dup(fd) };
+    };
+    match stdio::duplicate_above(fd, 0) {
+        Ok(new_fd) => {
             adopt(handle, new_fd);
+            new_fd
         }
+        Err(errno) => fail(errno),
     }
-    new_fd
 }
 
-/// dup2/dup3: `new_fd` is closed first if open, which may be a TLS socket.
-fn duplicate_onto(old_fd: c_int, new_fd: c_int, call: impl FnOnce() -> c_int) -> c_int {
+/// dup2/dup3 (`flags` None for dup2): `new_fd` is closed first if open,
+/// which may be a TLS socket. A TLS socket is not duplicated onto a
+/// number stdio writes to (EPERM, TLS_ERROR says why), and its copy is
+/// close-on-exec from the start (dup3's O_CLOEXEC, so no exec in another
+/// thread sees it without).
+fn duplicate_onto(old_fd: c_int, new_fd: c_int, flags: Option<c_int>) -> c_int {
+    // SAFETY (both calls): passing the program's call on, with
+    // O_CLOEXEC added for a TLS socket.
+    let call = |flags: Option<c_int>| match flags {
+        None => unsafe { real::dup2(old_fd, new_fd) },
+        Some(flags) => unsafe { real::dup3(old_fd, new_fd, flags) },
+    };
     let source = table::lookup(old_fd);
     if source.is_none() && !table::any() {
-        return call();
+        return call(flags);
     }
     if old_fd == new_fd {
-        return call();
+        return call(flags);
+    }
+    if let Some(handle) = &source {
+        if let Some(reason) = stdio::reserved(new_fd) {
+            table::lock(handle).set_error(format!("{} refused: {reason}", if flags.is_none() { "dup2" } else { "dup3" }));
+            return fail(Errno::EPERM);
+        }
     }
     release(new_fd);
-    let result = call();
+    let result = match source {
+        Some(_) => call(Some(flags.unwrap_or(0) | libc::O_CLOEXEC)),
+        None => call(flags),
+    };
     if result >= 0 {
         if let Some(handle) = source {
             adopt(handle, new_fd);
@@ -354,14 +389,12 @@ fn duplicate_onto(old_fd: c_int, new_fd: c_int, call: impl FnOnce() -> c_int) ->
 
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old_fd: c_int, new_fd: c_int) -> c_int {
-    // SAFETY: passing the program's call on.
-    duplicate_onto(old_fd, new_fd, || unsafe { real::dup2(old_fd, new_fd) })
+    duplicate_onto(old_fd, new_fd, None)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old_fd: c_int, new_fd: c_int, flags: c_int) -> c_int {
-    // SAFETY: passing the program's call on.
-    duplicate_onto(old_fd, new_fd, || unsafe { real::dup3(old_fd, new_fd, flags) })
+    duplicate_onto(old_fd, new_fd, Some(flags))
 }
 
 /// fcntl for TLS descriptors: duplicates share the socket, and
@@ -371,12 +404,20 @@ fn tls_fcntl(fd: c_int, cmd: c_int, arg: libc::c_long, call: impl FnOnce() -> c_
     let Some(handle) = table::lookup(fd) else { return call() };
     match cmd {
         libc::F_SETFD if arg & libc::FD_CLOEXEC as libc::c_long == 0 => fail(Errno::EPERM),
+        // The lowest free number from arg up, except those stdio writes
+        // to (crate::stdio), close-on-exec either way.
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-            let new_fd = call();
-            if new_fd >= 0 {
-                adopt(handle, new_fd);
+            let Ok(min) = c_int::try_from(arg) else { return fail(Errno::EINVAL) };
+            if min < 0 {
+                return fail(Errno::EINVAL);
             }
-            new_fd
+            match stdio::duplicate_above(fd, min) {
+                Ok(new_fd) => {
+                    adopt(handle, new_fd);
+                    new_fd
+                }
+                Err(errno) => fail(errno),
+            }
         }
         _ => call(),
     }
@@ -418,6 +459,31 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
     }
     // SAFETY: passing the program's call on.
     unsafe { real::fdopen(fd, mode) }
+}
+
+/// glibc's other exported name for fdopen (the same function).
+#[no_mangle]
+pub unsafe extern "C" fn _IO_fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
+    // SAFETY: the program's arguments.
+    unsafe { fdopen(fd, mode) }
+}
+
+/// posix_spawn's dup2 runs in the child, around this library, and clears
+/// close-on-exec: the new program would get the bare TCP stream. Refused
+/// with EPERM (returned, as these functions report errors).
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn_file_actions_adddup2(
+    actions: *mut libc::posix_spawn_file_actions_t,
+    fd: c_int,
+    new_fd: c_int,
+) -> c_int {
+    if let Some(handle) = table::lookup(fd) {
+        let reason = "posix_spawn_file_actions_adddup2 refused: the spawned program would get the TCP stream without TLS";
+        table::lock(&handle).set_error(reason.to_owned());
+        return libc::EPERM;
+    }
+    // SAFETY: passing the program's call on.
+    unsafe { real::posix_spawn_file_actions_adddup2(actions, fd, new_fd) }
 }
 
 /// The kernel would copy file data onto the TCP stream unencrypted: refused
@@ -773,9 +839,59 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, count: c_int) -> s
     write_result(io::write(&handle, fd, &slices, 0), 0)
 }
 
+/// Whether `msg` passes a TLS descriptor with SCM_RIGHTS: the receiving
+/// process would get the bare TCP stream (its writes would go out in
+/// plaintext), so such a message is refused (EPERM), as exec gets no TLS
+/// descriptor.
+///
+/// # Safety
+/// `msg` is null or the program's valid msghdr.
+unsafe fn passes_tls_descriptor(msg: *const msghdr) -> bool {
+    if !table::any() || msg.is_null() {
+        return false;
+    }
+    // SAFETY: the caller's contract.
+    let message = unsafe { &*msg };
+    if message.msg_control.is_null() {
+        return false;
+    }
+    let control_end = message.msg_control as usize + message.msg_controllen;
+    // SAFETY: walks the program's control buffer with the C library's own
+    // bounds checks (CMSG_NXTHDR stops at msg_controllen).
+    let mut header = unsafe { libc::CMSG_FIRSTHDR(message) };
+    while !header.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return whole headers inside the buffer.
+        let entry = unsafe { &*header };
+        if entry.cmsg_level == libc::SOL_SOCKET && entry.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: as above.
+            let data = unsafe { libc::CMSG_DATA(header) };
+            // SAFETY: CMSG_LEN is arithmetic.
+            let declared = (entry.cmsg_len as usize).saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
+            let count = declared.min(control_end.saturating_sub(data as usize)) / std::mem::size_of::<c_int>();
+            for i in 0..count {
+                // SAFETY: within the control buffer (count is bounded by
+                // its end); the descriptors need not be aligned.
+                let fd = unsafe { data.cast::<c_int>().add(i).read_unaligned() };
+                if let Some(handle) = table::lookup(fd) {
+                    let reason = "SCM_RIGHTS refused: the receiving process would get the TCP stream without TLS";
+                    table::lock(&handle).set_error(reason.to_owned());
+                    return true;
+                }
+            }
+        }
+        // SAFETY: as above.
+        header = unsafe { libc::CMSG_NXTHDR(message, header) };
+    }
+    false
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
     let Some(handle) = table::lookup(fd) else {
+        // SAFETY: the program's msghdr.
+        if unsafe { passes_tls_descriptor(msg) } {
+            return fail(Errno::EPERM);
+        }
         // SAFETY: passing the program's call on.
         return unsafe { real::sendmsg(fd, msg, flags) };
     };
@@ -796,10 +912,138 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     write_result(io::write(&handle, fd, &slices, flags), flags)
 }
 
+// preadv2 and pwritev2 take offset -1 as "the current position", which on
+// a socket is a plain readv/writev: through TLS here. A socket has no other
+// position (ESPIPE, as the kernel says; EINVAL below -1). pread, pwrite,
+// preadv and pwritev need no stand-in: the kernel refuses them on sockets
+// (ESPIPE, EINVAL for pwritev's -1).
+
+/// The MSG_ flags a preadv2/pwritev2 `flags` means on a socket: RWF_NOWAIT
+/// is MSG_DONTWAIT, the flags a socket ignores are ignored, and the others
+/// are EOPNOTSUPP, as the kernel answers for sockets.
+fn socket_rw_flags(flags: c_int) -> Result<c_int, Errno> {
+    const IGNORED: c_int = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_APPEND | libc::RWF_NOAPPEND;
+    if flags & !(IGNORED | libc::RWF_NOWAIT) != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    Ok(if flags & libc::RWF_NOWAIT != 0 { libc::MSG_DONTWAIT } else { 0 })
+}
+
+/// preadv2/pwritev2's checks: offset -1 and a valid count, else the
+/// kernel's answer for a socket.
+fn current_position(offset: i64, count: c_int) -> Result<(), Errno> {
+    match offset {
+        -1 if (0..=libc::UIO_MAXIOV).contains(&count) => Ok(()),
+        -1 => Err(Errno::EINVAL),
+        offset if offset < 0 => Err(Errno::EINVAL),
+        _ => Err(Errno(libc::ESPIPE as u32)),
+    }
+}
+
+/// # Safety
+/// `iov` points at `count` valid iovecs.
+unsafe fn tls_preadv2(handle: &Handle, fd: c_int, iov: *const iovec, count: c_int, offset: i64, flags: c_int) -> ssize_t {
+    let msg_flags = match current_position(offset, count).and_then(|()| socket_rw_flags(flags)) {
+        Ok(msg_flags) => msg_flags,
+        Err(errno) => return fail(errno),
+    };
+    // SAFETY: the caller's contract.
+    let mut slices = unsafe { as_mut_slices(iovecs(iov, count as usize)) };
+    if slices.is_empty() {
+        return 0;
+    }
+    ssize(io::read(handle, fd, &mut slices, msg_flags))
+}
+
+/// # Safety
+/// `iov` points at `count` valid iovecs.
+unsafe fn tls_pwritev2(handle: &Handle, fd: c_int, iov: *const iovec, count: c_int, offset: i64, flags: c_int) -> ssize_t {
+    let msg_flags = match current_position(offset, count).and_then(|()| socket_rw_flags(flags)) {
+        Ok(msg_flags) => msg_flags,
+        Err(errno) => return fail(errno),
+    };
+    // SAFETY: the caller's contract.
+    let slices = unsafe { as_io_slices(iovecs(iov, count as usize)) };
+    if slices.is_empty() {
+        return 0;
+    }
+    write_result(io::write(handle, fd, &slices, msg_flags), msg_flags)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn preadv2(fd: c_int, iov: *const iovec, count: c_int, offset: libc::off_t, flags: c_int) -> ssize_t {
+    match table::lookup(fd) {
+        // SAFETY: the program's iovecs.
+        Some(handle) => unsafe { tls_preadv2(&handle, fd, iov, count, offset, flags) },
+        // SAFETY: passing the program's call on.
+        None => unsafe { real::preadv2(fd, iov, count, offset, flags) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn preadv64v2(fd: c_int, iov: *const iovec, count: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t {
+    match table::lookup(fd) {
+        // SAFETY: the program's iovecs.
+        Some(handle) => unsafe { tls_preadv2(&handle, fd, iov, count, offset, flags) },
+        // SAFETY: passing the program's call on.
+        None => unsafe { real::preadv64v2(fd, iov, count, offset, flags) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pwritev2(fd: c_int, iov: *const iovec, count: c_int, offset: libc::off_t, flags: c_int) -> ssize_t {
+    match table::lookup(fd) {
+        // SAFETY: the program's iovecs.
+        Some(handle) => unsafe { tls_pwritev2(&handle, fd, iov, count, offset, flags) },
+        // SAFETY: passing the program's call on.
+        None => unsafe { real::pwritev2(fd, iov, count, offset, flags) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pwritev64v2(fd: c_int, iov: *const iovec, count: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t {
+    match table::lookup(fd) {
+        // SAFETY: the program's iovecs.
+        Some(handle) => unsafe { tls_pwritev2(&handle, fd, iov, count, offset, flags) },
+        // SAFETY: passing the program's call on.
+        None => unsafe { real::pwritev64v2(fd, iov, count, offset, flags) },
+    }
+}
+
+// glibc exports its own functions under these names too (GLIBC_2.2.5), and
+// a program may call them: the same as read, write and send.
+
+#[no_mangle]
+pub unsafe extern "C" fn __read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    // SAFETY: the program's arguments.
+    unsafe { read(fd, buf, count) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    // SAFETY: the program's arguments.
+    unsafe { write(fd, buf, count) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: the program's arguments.
+    unsafe { send(fd, buf, len, flags) }
+}
+
 /// sendmmsg: one sendmsg per message, so that none bypasses TLS.
 #[no_mangle]
 pub unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, count: u32, flags: c_int) -> c_int {
     if table::lookup(fd).is_none() {
+        if table::any() && !msgs.is_null() {
+            // The kernel sends at most UIO_MAXIOV of them.
+            for i in 0..count.min(libc::UIO_MAXIOV as u32) as usize {
+                // SAFETY: the program's array of count messages.
+                if unsafe { passes_tls_descriptor(&(*msgs.add(i)).msg_hdr) } {
+                    return fail(Errno::EPERM);
+                }
+            }
+        }
         // SAFETY: passing the program's call on.
         return unsafe { real::sendmmsg(fd, msgs, count, flags) };
     }

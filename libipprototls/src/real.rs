@@ -100,6 +100,13 @@ next_fns! {
     fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_long) -> c_int;
     fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_long) -> c_int;
     fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE;
+    fn vdprintf(fd: c_int, format: *const c_char, ap: crate::stdio::VaList) -> c_int;
+    fn __vdprintf_chk(fd: c_int, flag: c_int, format: *const c_char, ap: crate::stdio::VaList) -> c_int;
+    fn pwritev2(fd: c_int, iov: *const iovec, count: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
+    fn pwritev64v2(fd: c_int, iov: *const iovec, count: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
+    fn preadv2(fd: c_int, iov: *const iovec, count: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
+    fn preadv64v2(fd: c_int, iov: *const iovec, count: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
+    fn posix_spawn_file_actions_adddup2(actions: *mut libc::posix_spawn_file_actions_t, fd: c_int, new_fd: c_int) -> c_int;
     fn aio_read(cb: *mut libc::aiocb) -> c_int;
     fn aio_write(cb: *mut libc::aiocb) -> c_int;
     fn aio_read64(cb: *mut libc::aiocb) -> c_int;

@@ -45,7 +45,7 @@ use tls_engine::tls::ClientContext;
 
 use crate::conn::{HandshakeSlot, State, TlsSocket};
 use crate::table::{self, Handle};
-use crate::{config, readiness, real, sockaddr};
+use crate::{config, readiness, real, sockaddr, stdio};
 
 /// A listening socket's side of its acceptor thread.
 pub struct Listening {
@@ -185,6 +185,10 @@ pub fn listen(handle: &Handle, fd: c_int, backlog: c_int) -> Result<(), Errno> {
     Ok(())
 }
 
+fn os_error(errno: Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(errno.0 as i32)
+}
+
 fn cvt(result: c_int) -> std::io::Result<c_int> {
     if result < 0 {
         Err(std::io::Error::last_os_error())
@@ -206,8 +210,9 @@ impl Drop for Owned {
 }
 
 fn start(fd: c_int, backlog: c_int, tls_config: Arc<ServerConfig>, socket: &TlsSocket) -> std::io::Result<Listening> {
-    // SAFETY: F_DUPFD_CLOEXEC on the program's socket; the copy is ours.
-    let kernel_fd = cvt(unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // Every descriptor made here is kept off the numbers stdio writes to
+    // (crate::stdio), where a stray printf would reach it.
+    let kernel_fd = stdio::duplicate_above(fd, 3).map_err(os_error)?;
     let mut owned = Owned(vec![kernel_fd]);
     // SAFETY: F_GETFL on the program's socket.
     let program_flags = cvt(unsafe { real::fcntl(fd, libc::F_GETFL, 0) })?;
@@ -219,8 +224,15 @@ fn start(fd: c_int, backlog: c_int, tls_config: Arc<ServerConfig>, socket: &TlsS
     // SAFETY: eventfd with constant flags; the descriptor is ours.
     let ready_fd = cvt(unsafe { libc::eventfd(0, libc::EFD_SEMAPHORE | libc::EFD_CLOEXEC | nonblock) })?;
     owned.0.push(ready_fd);
+    let ready_fd = stdio::move_off_reserved(ready_fd).map_err(os_error)?;
+    owned.0[1] = ready_fd;
     // SAFETY: as above; Shared closes it.
     let control = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    let control = stdio::move_off_reserved(control).map_err(|errno| {
+        // SAFETY: the eventfd just made, not yet anyone's.
+        unsafe { real::close(control) };
+        os_error(errno)
+    })?;
     // Closed when the last Arc goes (the listening socket's, the acceptor's).
     let shared = Arc::new(Shared {
         ready: Mutex::new(VecDeque::new()),
@@ -436,6 +448,16 @@ impl Acceptor {
                     _ => false, // EMFILE and the like
                 };
             }
+            // Off the numbers stdio writes to (the program closed its
+            // stdout, say) before a byte of the handshake is sent.
+            let fd = match stdio::move_off_reserved(fd) {
+                Ok(fd) => fd,
+                Err(_) => {
+                    // SAFETY: the descriptor just accepted.
+                    unsafe { real::close(fd) };
+                    return false; // out of descriptors: as EMFILE above
+                }
+            };
             // SAFETY: the kernel wrote len bytes of address.
             let raw = unsafe { std::slice::from_raw_parts((&peer as *const libc::sockaddr_storage).cast::<u8>(), len as usize) };
             let accepted = sockaddr::inet_address(raw, self.family).ok().and_then(|peer| {
