@@ -439,6 +439,33 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_long) -> c_
     tls_fcntl(fd, cmd, arg, || unsafe { real::fcntl64(fd, cmd, arg) })
 }
 
+// glibc also exports these under its own names (GLIBC_2.2.5); a copy made
+// with __fcntl or __dup2 around the library would be a bare TCP socket.
+
+#[no_mangle]
+pub unsafe extern "C" fn __fcntl(fd: c_int, cmd: c_int, arg: libc::c_long) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { fcntl(fd, cmd, arg) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __dup2(old_fd: c_int, new_fd: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { dup2(old_fd, new_fd) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __close(fd: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { close(fd) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { connect(fd, addr, len) }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int {
     if request == libc::FIONCLEX && table::lookup(fd).is_some() {

@@ -44,6 +44,10 @@
 extern ssize_t __write(int fd, const void *buf, size_t count);
 extern ssize_t __read(int fd, void *buf, size_t count);
 extern ssize_t __send(int fd, const void *buf, size_t len, int flags);
+extern int __fcntl(int fd, int cmd, ...);
+extern int __dup2(int fd, int new_fd);
+extern int __close(int fd);
+extern int __connect(int fd, const struct sockaddr *addr, socklen_t len);
 extern FILE *_IO_fdopen(int fd, const char *mode);
 extern int __dprintf_chk(int fd, int flag, const char *format, ...);
 extern int __vdprintf_chk(int fd, int flag, const char *format, va_list ap);
@@ -179,6 +183,10 @@ static void stdio_streams(void)
 	check(result < 0 && errno == EPERM, "dup2 onto standard input is EPERM");
 	standard_descriptors();
 	errno = 0;
+	result = __dup2(fd, 1);
+	check(result < 0 && errno == EPERM, "__dup2 (glibc's exported name) onto standard output is EPERM");
+	standard_descriptors();
+	errno = 0;
 	result = dup3(fd, 1, O_CLOEXEC);
 	check(result < 0 && errno == EPERM, "dup3 onto standard output is EPERM");
 	printf("%s after dup3\n", MARKER);
@@ -239,6 +247,33 @@ static void lowest_free_descriptor(void)
 	standard_descriptors();
 	check(still_works(copy), "printf then: nothing reached the stream");
 	close(copy);
+
+	/* glibc's exported __fcntl: the copy is the TLS socket too, not a
+	 * bare TCP one; __close forgets it. */
+	close(1);
+	copy = __fcntl(fd, F_DUPFD, 0);
+	check(copy > 2, "__fcntl(F_DUPFD, 0) with descriptor 1 free returns a descriptor above 2");
+	standard_descriptors();
+	check(write(copy, MARKER " on the __fcntl copy", strlen(MARKER) + 20) == (ssize_t)strlen(MARKER) + 20 &&
+		      echoes(fd, MARKER " on the __fcntl copy"),
+	      "a write on the __fcntl copy goes through TLS");
+	check(__close(copy) == 0, "__close of the copy");
+	/* The lowest free number is the copy's again: a pipe takes it. */
+	int pipe_fds[2];
+	char back[5] = "";
+	check(pipe(pipe_fds) == 0 && pipe_fds[0] == copy, "a pipe takes the number the copy had");
+	check(write(pipe_fds[1], "plain", 5) == 5 && read(pipe_fds[0], back, 5) == 5 && memcmp(back, "plain", 5) == 0,
+	      "and it is a plain pipe: __close forgot the TLS copy");
+	close(pipe_fds[0]);
+	close(pipe_fds[1]);
+	close(fd);
+
+	/* __connect: connects through TLS. */
+	fd = tls_socket();
+	struct sockaddr_in relay = loopback(relay_port);
+	check(__connect(fd, (struct sockaddr *)&relay, sizeof(relay)) == 0, "__connect (glibc's exported name)");
+	connections++;
+	check(still_works(fd), "and the connection is TLS");
 	close(fd);
 
 	/* A FILE whose descriptor was closed under it keeps writing to that
@@ -526,6 +561,10 @@ static void kernel_copies(void)
 	struct iovec text = { MARKER, strlen(MARKER) };
 	errno = 0;
 	check(vmsplice(fd, &text, 1, 0) < 0 && errno == EBADF, "vmsplice to a TLS socket is EBADF (the kernel's: not a pipe)");
+	char proc_path[64];
+	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
+	errno = 0;
+	check(open(proc_path, O_WRONLY) < 0 && errno == ENXIO, "opening /proc/self/fd/N of a TLS socket is ENXIO (the kernel's)");
 	struct aiocb aio = { .aio_fildes = fd, .aio_buf = MARKER, .aio_nbytes = strlen(MARKER) };
 	errno = 0;
 	check(aio_write(&aio) < 0 && errno == EINVAL, "aio_write to a TLS socket is EINVAL");
