@@ -620,6 +620,8 @@ impl Device {
         );
         if destination.needs_resolution() {
             if self.pending_resolutions >= MAX_PENDING_RESOLUTIONS {
+                // Still Created: no deadline may fail it later.
+                socket.deadline = None;
                 socket.session = None;
                 self.telemetry.refused("connect", Errno::EAGAIN, "too many host name resolutions at once", self.policy_generation);
                 return Err(Errno::EAGAIN);
@@ -637,6 +639,7 @@ impl Device {
                 self.pending_resolutions -= 1;
                 let socket = self.sockets.get_mut(&id).expect("looked up above");
                 socket.phase = Phase::Created;
+                socket.deadline = None;
                 socket.session = None;
                 self.telemetry.refused("connect", Errno::EAGAIN, "cannot start a host name resolution", self.policy_generation);
                 return Err(Errno::EAGAIN);
