@@ -9,7 +9,8 @@
 //! parts in any order. The device must return every control and transmit
 //! chain it is given on the used ring, exactly once, and keep serving;
 //! event and receive buffers it keeps until it has something to write,
-//! but it may only return buffers it was given, once each.
+//! but it may only return buffers it was given, once each, and hold only
+//! a bounded number of events for them.
 //!
 //! Input: a byte D (1 + D % 16 descriptors follow), D descriptors of 8
 //! bytes each, a byte I (I % 17 indirect-table entries follow), I entries
@@ -25,6 +26,15 @@
 //!       bit 3 INDIRECT (queue descriptors only: the offset, in entries,
 //!       and length then select a table in the indirect area)
 //!   [7] next slot (mod queue size; in an indirect table, as given)
+//!
+//! With bit 7 of D set, once the chains are answered the driver publishes
+//! an available index past the queue size on one queue (bits 5-6: control,
+//! transmit, event, receive; bit 4: 0x8000 ahead rather than the queue
+//! size plus one), with nothing behind it: the device must stop serving
+//! that queue and stay responsive (its lock is taken right after; a
+//! worker spinning on the queue would hang here until libFuzzer's
+//! timeout). The true index is then put back and the queue restarted
+//! through vhost-user, as a device reset would.
 //!
 //! The backend offers VIRTIO_RING_F_INDIRECT_DESC, so a guest's chains may
 //! go through indirect tables; the harness writes them into an area of
@@ -70,7 +80,7 @@ struct Guest {
     /// (the device keeps them across inputs).
     posted: HashMap<u16, Vec<u16>>,
     // Dropped last: the backend serving `device`.
-    _server: Server,
+    server: Server,
     _dir: TempDir,
 }
 
@@ -99,7 +109,7 @@ fn guest() -> &'static Mutex<Guest> {
             avail_idx: fuzzed.iter().map(|&q| (q, 0)).collect(),
             used_seen: fuzzed.iter().map(|&q| (q, 0)).collect(),
             posted: HashMap::new(),
-            _server: server,
+            server,
             _dir: dir,
         })
     })
@@ -244,8 +254,8 @@ fn device_keeps(queue: u16) -> bool {
 }
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&count, rest)) = input.split_first() else { return };
-    let count = 1 + usize::from(count % 16);
+    let Some((&first, rest)) = input.split_first() else { return };
+    let count = 1 + usize::from(first % 16);
     if rest.len() < 8 * count + 1 {
         return;
     }
@@ -303,4 +313,28 @@ fuzz_target!(|input: &[u8]| {
             assert_eq!(given, back, "queue {queue}: the chains returned are not the chains given");
         }
     }
+    if first & 0x80 != 0 {
+        guest.break_queue(first);
+    }
+    let pending = guest.server.backend().with_device(|device| device.snapshot().events_pending);
+    vhost_tls_fuzz::check_pending_events(pending);
 });
+
+impl Guest {
+    /// Publishes an available index past the queue size (the queue and
+    /// how far from `selector`), checks the backend still answers, then
+    /// puts the true index back and restarts the queue.
+    fn break_queue(&mut self, selector: u8) {
+        let queue = [wire::CONTROLQ, wire::tx_queue(0), wire::EVENTQ, wire::rx_queue(0)][usize::from(selector >> 5 & 0b11)];
+        let ahead = if selector & 0x10 != 0 { 0x8000 } else { QUEUE_SIZE + 1 };
+        let avail = self.avail_idx[&queue];
+        self.device.queue_mut(usize::from(queue)).publish_avail_idx(avail.wrapping_add(ahead)).expect("avail ring is in memory");
+        // The worker takes the kick; the device lock must come free.
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(1));
+            let _ = self.server.sockets();
+        }
+        self.device.queue_mut(usize::from(queue)).publish_avail_idx(avail).expect("avail ring is in memory");
+        self.device.restart_queue(usize::from(queue)).expect("restart the queue");
+    }
+}

@@ -232,6 +232,7 @@ impl Session {
     pub fn check_limits(&self) {
         let sockets = self.device.report();
         assert!(sockets.len() <= MAX_SOCKETS, "{} sockets open, the policy allows {MAX_SOCKETS}", sockets.len());
+        check_pending_events(self.device.snapshot().events_pending);
         // The peer never sends, so all a socket holds is what the driver
         // sent, which its credit bounds by the buffer size (spec 2.8.2).
         for socket in &sockets {
@@ -243,6 +244,13 @@ impl Session {
             );
         }
     }
+}
+
+/// Events held for a driver that posts no event buffers stay bounded
+/// (issue 14): per socket one SOCKET_ERROR, one CONNECT_DONE and an
+/// ACCEPT_READY per connection waiting for ACCEPT.
+pub fn check_pending_events(pending: usize) {
+    assert!(pending <= 3 * MAX_SOCKETS, "{pending} events held for the driver, more than 3 per socket the policy allows");
 }
 
 /// `request`, except that a CONNECT to a host name that would need the

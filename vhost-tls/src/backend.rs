@@ -145,6 +145,11 @@ impl VhostUserBackend for VhostTlsBackend {
         self.device().reset();
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.device().queue_stopped(queue_index as u16);
+        Ok(())
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         Some((self.exit_consumer.try_clone().ok()?, self.exit_notifier.try_clone().ok()?))
     }

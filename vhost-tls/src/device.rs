@@ -2,7 +2,7 @@
 //! the network progress of every socket. Runs on the vhost-user worker
 //! thread; it never blocks (host name resolution runs on helper threads).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::AsRawFd;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -23,9 +23,10 @@ use vhost_user_backend::VringT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::events::EventQueue;
 use crate::limits::{HandshakeBucket, LimitWarnings};
 use crate::listener::Listener;
-use crate::queues::{self, MemoryGuard, ReadOutcome, Vring};
+use crate::queues::{self, BrokenQueues, MemoryGuard, ReadOutcome, Vring};
 use crate::socket::{Notice, Phase, Socket};
 use crate::telemetry::{Direction, Outcome, Snapshot, Telemetry};
 
@@ -110,13 +111,19 @@ pub struct Device {
     timer: TimerFd,
     sockets: HashMap<u32, Socket>,
     next_id: u32,
-    events: VecDeque<Event>,
+    events: EventQueue,
     /// Per data queue pair: sockets with something for the driver.
     rx_waiting: Vec<BTreeSet<u32>>,
     /// Failures to report once the socket's remaining data is delivered.
     deferred_errors: HashMap<u32, Errno>,
     handshake_bucket: HandshakeBucket,
     limit_warnings: LimitWarnings,
+    /// Queues the driver broke, which the device no longer serves.
+    broken_queues: BrokenQueues,
+    /// Listening sockets with room for more connections, and whether the
+    /// loop that serves them runs (see `accept_incoming`).
+    listeners_to_serve: BTreeSet<u32>,
+    accepting: bool,
 }
 
 impl Device {
@@ -131,6 +138,9 @@ impl Device {
         let policy_rate = policy.limits.handshakes_per_second;
         Ok(Device {
             rx_waiting: vec![BTreeSet::new(); shape.queue_pairs as usize],
+            broken_queues: BrokenQueues::new(wire::num_queues(shape.queue_pairs) as usize),
+            listeners_to_serve: BTreeSet::new(),
+            accepting: false,
             shape,
             server_context: ServerContext::new(policy.clone()),
             context: Arc::new(ClientContext::new(policy)),
@@ -145,7 +155,7 @@ impl Device {
             timer,
             sockets: HashMap::new(),
             next_id: 1,
-            events: VecDeque::new(),
+            events: EventQueue::default(),
             deferred_errors: HashMap::new(),
             handshake_bucket: HandshakeBucket::new(policy_rate),
             limit_warnings: LimitWarnings::default(),
@@ -182,6 +192,16 @@ impl Device {
         for waiting in &mut self.rx_waiting {
             waiting.clear();
         }
+        self.broken_queues.clear_all();
+        self.listeners_to_serve.clear();
+        self.accepting = false;
+    }
+
+    /// The front end stopped queue `index` (GET_VRING_BASE): it starts
+    /// again from the state the front end gives it, so a queue the driver
+    /// broke is served again.
+    pub fn queue_stopped(&mut self, index: u16) {
+        self.broken_queues.clear(index);
     }
 
     pub fn report(&self) -> Vec<SocketReport> {
@@ -286,6 +306,7 @@ impl Device {
             bytes_to_peer: metrics.ended_bytes_to_peer + open_to_peer,
             bytes_from_peer: metrics.ended_bytes_from_peer + open_from_peer,
             policy_generation: self.policy_generation,
+            events_pending: self.events.len(),
             metrics,
         }
     }
@@ -293,6 +314,7 @@ impl Device {
     /// Ends the record of every open session (device reset, backend
     /// stopping): the connections go without the guest closing them.
     pub fn end_all_sessions(&mut self, reason: &str) {
+        self.telemetry.flush_refusals(true);
         let mut ids: Vec<u32> = self.sockets.values().filter(|s| s.session.is_some()).map(|s| s.id).collect();
         ids.sort_unstable();
         for id in ids {
@@ -362,17 +384,29 @@ impl Device {
     // ----------------------------------------------------------------------
 
     fn process_control(&mut self, mem: &MemoryGuard, vring: &Vring) {
+        if self.broken_queues.is_broken(wire::CONTROLQ) {
+            return;
+        }
         loop {
             let _ = vring.disable_notification();
-            while let Some(chain) = queues::pop_chain(vring, mem) {
+            while let Some(chain) = self.pop_chain(wire::CONTROLQ, vring, mem) {
                 let used = self.handle_control_chain(mem, &chain);
                 queues::complete(vring, chain.head_index(), used);
             }
-            if !queues::arm_notification(vring) {
+            if self.broken_queues.is_broken(wire::CONTROLQ) || !queues::arm_notification(vring) {
                 break;
             }
         }
         queues::notify(vring);
+    }
+
+    /// The next chain of `queue`; `None` when there is none, or when the
+    /// driver broke the queue (which then is no longer served).
+    fn pop_chain(&mut self, queue: u16, vring: &Vring, mem: &MemoryGuard) -> Option<queues::Chain> {
+        queues::pop_chain(vring, mem).unwrap_or_else(|broken| {
+            self.broken_queues.mark(queue, broken);
+            None
+        })
     }
 
     fn handle_control_chain(&mut self, mem: &MemoryGuard, chain: &queues::Chain) -> u32 {
@@ -486,6 +520,7 @@ impl Device {
         socket.deadline = Some(Instant::now() + CLOSE_LINGER);
         self.rx_waiting[socket.queue_pair as usize].remove(&id);
         self.deferred_errors.remove(&id);
+        self.events.forget(id);
         if let Some(listener) = socket.listener.take() {
             self.close_listener(id, listener);
         }
@@ -572,8 +607,10 @@ impl Device {
             }
         };
         if let Some(reason) = refusal {
-            // The socket stays Created: the program may try again.
-            self.telemetry.end(socket, Outcome::failed(Errno::EAGAIN, &reason));
+            // The socket stays Created: the program may try again. No
+            // session began: the refusal is counted and audited in its burst.
+            socket.session = None;
+            self.telemetry.refused("connect", Errno::EAGAIN, &reason, self.policy_generation);
             socket.error = Some(reason);
             return Err(Errno::EAGAIN);
         }
@@ -583,7 +620,10 @@ impl Device {
         );
         if destination.needs_resolution() {
             if self.pending_resolutions >= MAX_PENDING_RESOLUTIONS {
-                self.telemetry.end(socket, Outcome::failed(Errno::EAGAIN, "too many host name resolutions at once"));
+                // Still Created: no deadline may fail it later.
+                socket.deadline = None;
+                socket.session = None;
+                self.telemetry.refused("connect", Errno::EAGAIN, "too many host name resolutions at once", self.policy_generation);
                 return Err(Errno::EAGAIN);
             }
             socket.phase = Phase::Resolving;
@@ -599,7 +639,9 @@ impl Device {
                 self.pending_resolutions -= 1;
                 let socket = self.sockets.get_mut(&id).expect("looked up above");
                 socket.phase = Phase::Created;
-                self.telemetry.end(socket, Outcome::failed(Errno::EAGAIN, "cannot start a host name resolution"));
+                socket.deadline = None;
+                socket.session = None;
+                self.telemetry.refused("connect", Errno::EAGAIN, "cannot start a host name resolution", self.policy_generation);
                 return Err(Errno::EAGAIN);
             }
             return Ok(());
@@ -607,7 +649,7 @@ impl Device {
         let addrs = match destination::resolve(&policy, &destination, socket.options.hostname()) {
             Ok(addrs) => addrs,
             Err(failure) => {
-                tracing::info!(socket = id, %failure, "connect refused");
+                self.limit_warnings.connect_refused.info(&format!("connect refused (socket {id}): {failure}"));
                 self.telemetry.end(socket, Outcome::failed(failure.errno, failure.reason.clone()));
                 socket.error = Some(failure.reason);
                 return Err(failure.errno);
@@ -639,7 +681,8 @@ impl Device {
         let mapping = match policy.server.mapping_for_bind(addr.port) {
             Ok(mapping) => mapping,
             Err(failure) => {
-                tracing::info!(socket = id, port = addr.port, "bind refused: {}", failure.reason);
+                self.limit_warnings.bind_refused.info(&format!("bind refused (socket {id}, port {}): {}", addr.port, failure.reason));
+                self.telemetry.refused("bind", failure.errno, &failure.reason, self.policy_generation);
                 socket.error = Some(failure.reason);
                 return Err(failure.errno);
             }
@@ -649,7 +692,9 @@ impl Device {
         let in_use = self.sockets.values().any(|s| s.listener.as_ref().is_some_and(|l| l.guest_port == mapping.guest_port));
         let socket = self.sockets.get_mut(&id).expect("looked up above");
         if in_use {
-            socket.error = Some(format!("guest port {} is already bound", mapping.guest_port));
+            let reason = format!("guest port {} is already bound", mapping.guest_port);
+            self.telemetry.refused("bind", Errno::EADDRINUSE, &reason, self.policy_generation);
+            socket.error = Some(reason);
             return Err(Errno::EADDRINUSE);
         }
         match Listener::bind(mapping.guest_port, mapping.host) {
@@ -660,7 +705,8 @@ impl Device {
                 Ok(())
             }
             Err(failure) => {
-                tracing::info!(socket = id, %failure, "bind failed");
+                self.limit_warnings.bind_refused.info(&format!("bind refused (socket {id}): {failure}"));
+                self.telemetry.refused("bind", failure.errno, &failure.reason, self.policy_generation);
                 socket.error = Some(failure.reason);
                 Err(failure.errno)
             }
@@ -720,8 +766,24 @@ impl Device {
     }
 
     /// Takes connections off the host listener while the backlog and the
-    /// socket limit allow, and starts their handshakes.
+    /// socket limit allow, and starts their handshakes. Iterative: a
+    /// connection that fails at once (its client left) frees its slot from
+    /// within this loop, and its listener is served again by the loop, not
+    /// by a nested call: thousands of such clients queued behind a limit
+    /// would otherwise nest once each and overflow the worker's stack.
     fn accept_incoming(&mut self, listener_id: u32) {
+        self.listeners_to_serve.insert(listener_id);
+        if self.accepting {
+            return;
+        }
+        self.accepting = true;
+        while let Some(id) = self.listeners_to_serve.pop_first() {
+            self.accept_from(id);
+        }
+        self.accepting = false;
+    }
+
+    fn accept_from(&mut self, listener_id: u32) {
         let max_sockets = self.policy().limits.max_sockets as usize;
         let handshake_timeout = Duration::from_secs(u64::from(self.policy().limits.handshake_timeout_secs));
         loop {
@@ -812,6 +874,7 @@ impl Device {
             (Notice::Connected, Some(listener)) if !listener.ready.contains(&id) => {
                 listener.handshaking = listener.handshaking.saturating_sub(1);
                 listener.ready.push_back(id);
+                let waiting = listener.ready.len();
                 let socket = &self.sockets[&id];
                 tracing::info!(
                     socket = id,
@@ -820,7 +883,7 @@ impl Device {
                     sni = socket.requested_server_name().unwrap_or("-"),
                     "handshake done, waiting for ACCEPT"
                 );
-                self.events.push_back(event(wire::VIRTIO_TLS_EVENT_ACCEPT_READY, listener_id, 0, Errno(0)));
+                self.events.push(event(wire::VIRTIO_TLS_EVENT_ACCEPT_READY, listener_id, 0, Errno(0)), waiting);
             }
             (Notice::Connected, _) => {}
             (Notice::Failed(_), listener) => {
@@ -877,13 +940,17 @@ impl Device {
     // ----------------------------------------------------------------------
 
     fn process_tx(&mut self, mem: &MemoryGuard, vring: &Vring, pair: u16) {
+        let queue = wire::tx_queue(pair);
+        if self.broken_queues.is_broken(queue) {
+            return;
+        }
         loop {
             let _ = vring.disable_notification();
-            while let Some(chain) = queues::pop_chain(vring, mem) {
+            while let Some(chain) = self.pop_chain(queue, vring, mem) {
                 self.handle_tx_chain(mem, &chain, pair);
                 queues::complete(vring, chain.head_index(), 0);
             }
-            if !queues::arm_notification(vring) {
+            if self.broken_queues.is_broken(queue) || !queues::arm_notification(vring) {
                 break;
             }
         }
@@ -970,6 +1037,9 @@ impl Device {
     // ----------------------------------------------------------------------
 
     fn flush_rx(&mut self, mem: &MemoryGuard, vring: &Vring, pair: u16) {
+        if self.broken_queues.is_broken(wire::rx_queue(pair)) {
+            return;
+        }
         let buf_size = self.policy().limits.socket_buffer_bytes;
         let waiting: Vec<u32> = self.rx_waiting[pair as usize].iter().copied().collect();
         let mut used_any = false;
@@ -990,7 +1060,7 @@ impl Device {
                     self.rx_waiting[pair as usize].remove(&id);
                     if let Some(errno) = self.deferred_errors.remove(&id) {
                         if socket.rx_pending() == 0 {
-                            self.events.push_back(event(wire::VIRTIO_TLS_EVENT_SOCKET_ERROR, id, 0, errno));
+                            self.events.push(event(wire::VIRTIO_TLS_EVENT_SOCKET_ERROR, id, 0, errno), 0);
                         } else {
                             // Waiting for driver credit; keep the error for later.
                             self.deferred_errors.insert(id, errno);
@@ -999,12 +1069,15 @@ impl Device {
                     continue 'sockets;
                 };
                 let chain = loop {
-                    if let Some(chain) = queues::pop_chain(vring, mem) {
-                        break chain;
-                    }
-                    if !queues::arm_notification(vring) {
+                    match queues::pop_chain(vring, mem) {
+                        Ok(Some(chain)) => break chain,
+                        Ok(None) if queues::arm_notification(vring) => {}
                         // No buffers: the driver kicks when it posts some.
-                        break 'sockets;
+                        Ok(None) => break 'sockets,
+                        Err(broken) => {
+                            self.broken_queues.mark(wire::rx_queue(pair), broken);
+                            break 'sockets;
+                        }
                     }
                 };
                 let room = match queues::writer(mem, &chain) {
@@ -1051,13 +1124,19 @@ impl Device {
     }
 
     fn flush_events(&mut self, mem: &MemoryGuard, vring: &Vring) {
+        if self.broken_queues.is_broken(wire::EVENTQ) {
+            return;
+        }
         let mut used_any = false;
         while let Some(next) = self.events.front() {
-            let Some(chain) = queues::pop_chain(vring, mem) else {
-                if queues::arm_notification(vring) {
-                    continue;
+            let chain = match queues::pop_chain(vring, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) if queues::arm_notification(vring) => continue,
+                Ok(None) => break,
+                Err(broken) => {
+                    self.broken_queues.mark(wire::EVENTQ, broken);
+                    break;
                 }
-                break;
             };
             let written = queues::write_reply(mem, &chain, &[&next.encode()]);
             queues::complete(vring, chain.head_index(), written.unwrap_or(0));
@@ -1125,6 +1204,7 @@ impl Device {
     fn expire_deadlines(&mut self) {
         // Readable, so this read does not block; it re-arms the edge.
         let _ = self.timer.wait();
+        self.telemetry.flush_refusals(false);
         // Clients held back by a limit get another chance.
         let listeners: Vec<u32> = self.sockets.values().filter(|s| s.phase == Phase::Listening).map(|s| s.id).collect();
         for id in listeners {
@@ -1153,6 +1233,12 @@ impl Device {
     }
 
     fn fail_socket(&mut self, id: u32, failure: Failure) {
+        let Some(socket) = self.sockets.get_mut(&id) else { return };
+        if let Some(listener) = socket.listener.take() {
+            // A listening socket's connections the driver never took go
+            // with it, and so does their share of the socket limit.
+            self.close_listener(id, listener);
+        }
         let Some(socket) = self.sockets.get_mut(&id) else { return };
         let connecting = matches!(socket.phase, Phase::Resolving | Phase::Connecting | Phase::Handshaking);
         let notice = socket.fail(self.poll.registry(), failure);
@@ -1205,10 +1291,10 @@ impl Device {
         match notice {
             Some(Notice::Connected) => {
                 tracing::debug!(socket = id, server = %socket.server_name, "handshake done");
-                self.events.push_back(event(wire::VIRTIO_TLS_EVENT_CONNECT_DONE, id, socket.connect_request, Errno(0)));
+                self.events.push(event(wire::VIRTIO_TLS_EVENT_CONNECT_DONE, id, socket.connect_request, Errno(0)), 0);
             }
             Some(Notice::Failed(errno)) if was_connecting => {
-                self.events.push_back(event(wire::VIRTIO_TLS_EVENT_CONNECT_DONE, id, socket.connect_request, errno));
+                self.events.push(event(wire::VIRTIO_TLS_EVENT_CONNECT_DONE, id, socket.connect_request, errno), 0);
             }
             Some(Notice::Failed(errno)) => {
                 // Data that arrived before the failure is delivered first.

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod control;
 pub mod device;
+pub mod events;
 pub mod limits;
 pub mod listener;
 pub mod queues;

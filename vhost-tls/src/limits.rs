@@ -2,7 +2,8 @@
 //! progress and new handshakes per second (decided by tls-engine, shared
 //! with libipprototls), and buffer memory reserved. Going over one fails
 //! only the request that would (EAGAIN or ENOBUFS); the warning about it
-//! is rate-limited so a guest cannot flood the host's log.
+//! is rate-limited so a guest cannot flood the host's log (and so are the
+//! other refusals a guest can repeat at will).
 
 use std::time::{Duration, Instant};
 
@@ -27,14 +28,27 @@ impl RateLimitedWarning {
     }
 
     fn warn_at(&mut self, what: &str, now: Instant) -> bool {
+        let Some(suppressed) = self.admit(now) else { return false };
+        tracing::warn!(suppressed, "limit reached: {what}");
+        true
+    }
+
+    /// Logs `what` at info level, as rarely as `warn` does.
+    pub fn info(&mut self, what: &str) -> bool {
+        let Some(suppressed) = self.admit(Instant::now()) else { return false };
+        tracing::info!(suppressed, "{what}");
+        true
+    }
+
+    /// The count of lines held back since the last one, when one may be
+    /// logged now.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
         if self.last.is_some_and(|last| now.saturating_duration_since(last) < WARNING_INTERVAL) {
             self.suppressed += 1;
-            return false;
+            return None;
         }
-        let suppressed = std::mem::take(&mut self.suppressed);
-        tracing::warn!(suppressed, "limit reached: {what}");
         self.last = Some(now);
-        true
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -45,6 +59,10 @@ pub struct LimitWarnings {
     pub handshake_rate: RateLimitedWarning,
     pub buffer_memory: RateLimitedWarning,
     pub sockets: RateLimitedWarning,
+    /// Refusals a guest can repeat at will: CONNECTs the policy denies,
+    /// BINDs it does not allow (info level, as rarely as warnings).
+    pub connect_refused: RateLimitedWarning,
+    pub bind_refused: RateLimitedWarning,
 }
 
 #[cfg(test)]

@@ -18,9 +18,14 @@
 //!    host name resolution reads and the system libraries NSS may load;
 //!    writing nowhere (the audit log is already open); removing files only
 //!    in the directories of its own sockets, to clean them up at exit;
+//!    and (Landlock's signal scope, ABI 6, Linux 6.12) signalling no
+//!    process outside its own sandbox;
 //! 3. **system calls** (seccomp): an allow-list; anything else kills the
 //!    process (or, in [`SandboxMode::Log`], is allowed and logged by the
-//!    kernel, to find what is missing).
+//!    kernel, to find what is missing). Signals go only to the backend's
+//!    own threads (tgkill naming its own pid), so that backends of other
+//!    VMs, which may run as the same user, are out of its reach whatever
+//!    the kernel's Landlock.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -29,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use landlock::{
     Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
-    RulesetCreatedAttr, RulesetStatus, ABI,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
 
@@ -374,6 +379,9 @@ fn landlock_ruleset(plan: &SandboxPlan) -> Result<RulesetCreated, SandboxError> 
     Ok(Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(ABI::V6))?
+        // No signal to a process outside this sandbox (another VM's
+        // backend under the same user, say).
+        .scope(Scope::Signal)?
         .create()?
         .add_rules(rules)?)
 }
@@ -403,6 +411,11 @@ fn allowed_syscalls() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
     rules.insert(libc::SYS_ioctl, one_of(1, &ioctl_requests)?);
     // prctl only to name threads (std does it for named threads).
     rules.insert(libc::SYS_prctl, one_of(0, &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64])?);
+    // Signals only to this process's own threads (the runtime's tgkill,
+    // abort's): never to another process, another VM's backend included.
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let own_pid = unsafe { libc::getpid() };
+    rules.insert(libc::SYS_tgkill, one_of(0, &[own_pid as u32 as u64])?);
     Ok(rules)
 }
 
@@ -480,10 +493,12 @@ const ALWAYS_ALLOWED: &[i64] = &[
     libc::SYS_sched_getaffinity,
     libc::SYS_gettid,
     libc::SYS_getpid,
-    libc::SYS_tgkill,
     libc::SYS_exit,
     libc::SYS_exit_group,
-    // Signals (signal-hook's handlers, thread start-up).
+    // Signals (signal-hook's handlers, thread start-up); restart_syscall
+    // resumes a timed sleep (a resolver's poll, nanosleep) after the
+    // process was stopped and continued (SIGSTOP, SIGCONT).
+    libc::SYS_restart_syscall,
     libc::SYS_rt_sigaction,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,

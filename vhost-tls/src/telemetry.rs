@@ -8,6 +8,13 @@
 //! when the connection fails or the socket is closed, and only then is its
 //! record written, so a record is complete and there is exactly one.
 //!
+//! Requests refused before any session starts (a CONNECT over a handshake
+//! limit, a BIND the policy does not allow) are no sessions: a guest can
+//! repeat them at will. They are counted, and audited as bursts: one record
+//! per kind of refusal (request and errno) with the number of refusals,
+//! written once the burst ends (a quiet second, or ten seconds after it
+//! began).
+//!
 //! Everything here runs on the device's worker thread with the device lock
 //! held; records are written with one `write` each to a file opened for
 //! appending, so lines never interleave even with other writers.
@@ -15,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tls_engine::errno::Errno;
@@ -104,6 +111,8 @@ pub struct Metrics {
     pub ended_bytes_from_peer: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Requests refused before a session, by request and errno name.
+    pub refusals: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// The live numbers that go with [`Metrics`] in one scrape.
@@ -113,6 +122,8 @@ pub struct Snapshot {
     pub bytes_to_peer: u64,
     pub bytes_from_peer: u64,
     pub policy_generation: u64,
+    /// Events waiting for the driver's event buffers.
+    pub events_pending: usize,
 }
 
 impl Snapshot {
@@ -187,6 +198,22 @@ impl Snapshot {
             "Policy reloads, applied and refused.",
             vec![("{result=\"ok\"}".to_owned(), m.reloads_ok), ("{result=\"failed\"}".to_owned(), m.reloads_failed)],
         );
+        let mut refusals = m.refusals.clone();
+        // Present from the start, so that a dashboard finds the series.
+        refusals.entry(("connect", Errno::EAGAIN.name())).or_default();
+        refusals.entry(("bind", Errno::EACCES.name())).or_default();
+        family(
+            "vhost_tls_refusals_total",
+            "counter",
+            "Requests refused before any session (a CONNECT over a handshake limit, a BIND the policy does not allow), by request and errno.",
+            refusals.into_iter().map(|((request, errno), n)| (format!("{{request=\"{request}\",errno=\"{errno}\"}}"), n)).collect(),
+        );
+        family(
+            "vhost_tls_events_pending",
+            "gauge",
+            "Events waiting for the guest driver to post event buffers.",
+            vec![(String::new(), self.events_pending as u64)],
+        );
         family(
             "vhost_tls_policy_generation",
             "gauge",
@@ -237,16 +264,119 @@ struct AuditRecord<'a> {
     policy_generation: u64,
 }
 
+/// The audit record of a burst of refusals.
+#[derive(Debug, Serialize)]
+struct RefusalRecord<'a> {
+    start: String,
+    end: String,
+    /// "connect" or "bind".
+    request: &'static str,
+    direction: Direction,
+    /// Always "refused".
+    outcome: &'static str,
+    errno: u32,
+    errno_name: &'static str,
+    /// The first refusal's reason.
+    reason: &'a str,
+    count: u64,
+    policy_generation: u64,
+}
+
+/// Refusals of one kind, since the first of the burst.
+#[derive(Debug)]
+struct RefusalBurst {
+    started: SystemTime,
+    started_at: Instant,
+    last_at: Instant,
+    ended: SystemTime,
+    errno: Errno,
+    reason: String,
+    count: u64,
+    policy_generation: u64,
+}
+
+/// A burst of refusals ends after this long without one...
+const REFUSAL_QUIET: Duration = Duration::from_secs(1);
+/// ...or this long after it began (a steady stream gets a record this often).
+const REFUSAL_BURST: Duration = Duration::from_secs(10);
+
 /// The session bookkeeping of one device.
 #[derive(Default)]
 pub struct Telemetry {
     pub metrics: Metrics,
     audit: Option<Box<dyn Write + Send>>,
+    /// Bursts of refusals not yet written, by request and errno.
+    refusals: BTreeMap<(&'static str, u32), RefusalBurst>,
 }
 
 impl Telemetry {
     pub fn set_audit_log(&mut self, log: Box<dyn Write + Send>) {
         self.audit = Some(log);
+    }
+
+    /// A `request` ("connect" or "bind") was refused with `errno` before
+    /// any session: counted, and audited with the rest of its burst.
+    pub fn refused(&mut self, request: &'static str, errno: Errno, reason: &str, policy_generation: u64) {
+        *self.metrics.refusals.entry((request, errno.name())).or_default() += 1;
+        let now = Instant::now();
+        let key = (request, errno.0);
+        if self.refusals.get(&key).is_some_and(|burst| now.saturating_duration_since(burst.started_at) >= REFUSAL_BURST) {
+            let burst = self.refusals.remove(&key).expect("looked up above");
+            self.write_refusals(request, &burst);
+        }
+        let burst = self.refusals.entry(key).or_insert_with(|| RefusalBurst {
+            started: SystemTime::now(),
+            started_at: now,
+            last_at: now,
+            ended: SystemTime::now(),
+            errno,
+            reason: reason.to_owned(),
+            count: 0,
+            policy_generation,
+        });
+        burst.count += 1;
+        burst.last_at = now;
+        burst.ended = SystemTime::now();
+    }
+
+    /// Writes the records of bursts of refusals that have ended (all of
+    /// them with `all`: the device stops or resets).
+    pub fn flush_refusals(&mut self, all: bool) {
+        let now = Instant::now();
+        let ended: Vec<(&'static str, u32)> = self
+            .refusals
+            .iter()
+            .filter(|(_, burst)| {
+                all || now.saturating_duration_since(burst.last_at) >= REFUSAL_QUIET
+                    || now.saturating_duration_since(burst.started_at) >= REFUSAL_BURST
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in ended {
+            let burst = self.refusals.remove(&key).expect("collected above");
+            self.write_refusals(key.0, &burst);
+        }
+    }
+
+    fn write_refusals(&mut self, request: &'static str, burst: &RefusalBurst) {
+        let Some(audit) = self.audit.as_mut() else { return };
+        let record = RefusalRecord {
+            start: timestamp(burst.started),
+            end: timestamp(burst.ended),
+            request,
+            direction: if request == "bind" { Direction::Server } else { Direction::Client },
+            outcome: "refused",
+            errno: burst.errno.0,
+            errno_name: burst.errno.name(),
+            reason: &burst.reason,
+            count: burst.count,
+            policy_generation: burst.policy_generation,
+        };
+        let mut line = serde_json::to_string(&record).expect("audit records serialize");
+        line.push('\n');
+        if let Err(error) = audit.write_all(line.as_bytes()).and_then(|()| audit.flush()) {
+            tracing::warn!(%error, "cannot write the audit log");
+        }
     }
 
     /// A session starts on `socket`.

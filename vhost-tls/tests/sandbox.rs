@@ -351,3 +351,143 @@ fn a_privileged_host_port_keeps_only_net_bind_service() {
     device.send_all(accepted, b"pong", Duration::from_secs(30)).unwrap();
     assert_eq!(&client.join().unwrap(), b"pong");
 }
+
+/// A backend stopped (SIGSTOP, a debugger, a frozen cgroup) and continued
+/// resumes its interrupted timed sleeps through restart_syscall, which the
+/// allow-list must have, or it dies of SIGSYS. The sleep here: a resolver
+/// thread waiting for a DNS answer (poll with a timeout) from a name
+/// server that never answers, on 127.0.0.77, put in the backend's own
+/// /etc/resolv.conf by a mount namespace (root only).
+#[test]
+fn a_stopped_and_continued_backend_keeps_serving() {
+    use vhost_tls_harness::driver::TlsDevice;
+    use virtio_tls_spec::{self as wire, SockAddr};
+    if common::sandbox_user_ids().is_none() {
+        eprintln!("skipped: needs root for a mount namespace with its own resolv.conf");
+        return;
+    }
+    let silent_dns = std::net::UdpSocket::bind("127.0.0.77:53").expect("a silent name server on 127.0.0.77:53");
+    let dir = common::backend_dir();
+    std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.77\noptions timeout:10 attempts:1\n").unwrap();
+    std::fs::write(dir.path().join("vm1.toml"), "[destinations]\ndefault = \"allow\"\n").unwrap();
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"", "sh"])
+        .arg(dir.path().join("resolv.conf"))
+        .arg(env!("CARGO_BIN_EXE_vhost-tls"))
+        .args(["serve", "--socket-path"])
+        .arg(dir.path().join("vhost.sock"))
+        .arg("--policy")
+        .arg(dir.path().join("vm1.toml"))
+        .arg("--control-socket")
+        .arg(dir.path().join("control.sock"))
+        .spawn()
+        .unwrap();
+    let mut serving = Serving::confined(Serving { dir, child });
+    let mut device = TlsDevice::attach(&serving.path("vhost.sock"), 4).unwrap();
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.start_connect(id, SockAddr::hostname(b"never-answered.test", 443).unwrap()).unwrap();
+    let mut buf = [0u8; 512];
+    silent_dns.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    silent_dns.recv_from(&mut buf).expect("the backend asks the name server");
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..3 {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(serving.child.id() as i32, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: as above.
+        unsafe { libc::kill(serving.child.id() as i32, libc::SIGCONT) };
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if let Some(status) = serving.child.try_wait().unwrap() {
+        panic!("the backend died after SIGSTOP/SIGCONT: {status} (signal {:?})", status.signal());
+    }
+    let out = serving.ctl(&["metrics"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(serving.stop().code(), Some(0));
+}
+
+const SIGNAL_CHILD: &str = "VHOST_TLS_SANDBOX_SIGNAL_TEST";
+const SIGNAL_TARGET: &str = "VHOST_TLS_SANDBOX_SIGNAL_TARGET";
+
+/// One VM's backend must not signal another's (they may run as the same
+/// user): a confined process may signal only itself. Seccomp lets tgkill
+/// name only its own pid (anything else kills it); where the kernel has
+/// Landlock's signal scope (ABI 6), a signal past seccomp (`--sandbox
+/// log`) is refused by Landlock too.
+#[test]
+fn a_confined_process_can_signal_only_itself() {
+    if let Some(mode) = std::env::var_os(SIGNAL_CHILD) {
+        signalling_child(mode.to_str().unwrap());
+    }
+    // Another process of the user the backend runs as (another VM's
+    // backend, say), outside the sandbox.
+    let mut target = Command::new("sleep");
+    target.arg("60");
+    if let Some((uid, gid)) = common::sandbox_user_ids() {
+        std::os::unix::process::CommandExt::uid(&mut target, uid);
+        std::os::unix::process::CommandExt::gid(&mut target, gid);
+    }
+    let mut target = target.spawn().unwrap();
+    let run = |mode: &str| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "a_confined_process_can_signal_only_itself", "--nocapture", "--test-threads=1"])
+            .env(SIGNAL_CHILD, mode)
+            .env(SIGNAL_TARGET, target.id().to_string())
+            .output()
+            .unwrap();
+        (text(&out.stdout), text(&out.stderr), out.status)
+    };
+    let (stdout, stderr, status) = run("on");
+    assert!(stdout.contains("tgkill self: ok"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("tgkill the other process next"), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("tgkill the other process returned"), "{stdout}");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "killed by seccomp: {status}\n{stdout}\n{stderr}");
+
+    let (stdout, stderr, status) = run("log");
+    assert!(stdout.contains("tgkill self: ok"), "{stdout}\n{stderr}");
+    if common::landlock_abi() >= LANDLOCK_ABI {
+        assert!(stdout.contains("kill the other process: denied"), "Landlock scopes signals:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("tgkill the other process returned: denied"), "Landlock scopes signals:\n{stdout}\n{stderr}");
+    }
+    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+    let _ = target.kill();
+    let _ = target.wait();
+}
+
+fn signalling_child(mode: &str) -> ! {
+    use std::io::Write;
+    use vhost_tls::sandbox::{confine, SandboxMode, SandboxPlan};
+    let plan = SandboxPlan {
+        mode: if mode == "log" { SandboxMode::Log } else { SandboxMode::On },
+        user: None,
+        policy_dirs: vec![],
+        socket_dirs: vec![],
+        keep_net_bind_service: false,
+    };
+    let target: libc::pid_t = std::env::var(SIGNAL_TARGET).unwrap().parse().unwrap();
+    confine(&plan).expect("confine");
+    let outcome = |rc: libc::c_long| {
+        if rc == 0 {
+            "ok".to_owned()
+        } else {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EPERM) => "denied".to_owned(),
+                other => format!("failed otherwise: {other:?}"),
+            }
+        }
+    };
+    // SAFETY: signal 0 only checks the target; plain integer arguments.
+    let own = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), 0) };
+    println!("tgkill self: {}", outcome(own));
+    if mode == "log" {
+        // SAFETY: as above.
+        println!("kill the other process: {}", outcome(unsafe { libc::kill(target, 0) } as libc::c_long));
+    }
+    println!("tgkill the other process next");
+    std::io::stdout().flush().unwrap();
+    // SAFETY: as above.
+    let other = unsafe { libc::syscall(libc::SYS_tgkill, target, target, 0) };
+    println!("tgkill the other process returned: {}", outcome(other));
+    std::io::stdout().flush().unwrap();
+    std::process::exit(0);
+}

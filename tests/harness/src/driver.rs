@@ -105,11 +105,17 @@ impl TlsDevice {
     /// Connects to a vhost-tls backend's vhost-user socket as the guest,
     /// sets up all queues and stocks the event and receive queues.
     pub fn attach(socket_path: &Path, num_queues: usize) -> std::io::Result<TlsDevice> {
+        Self::attach_with_event_buffers(socket_path, num_queues, EVENT_BUFFERS)
+    }
+
+    /// As `attach`, with `event_buffers` buffers on the event queue (0: a
+    /// driver that never takes events, so the device must hold them).
+    pub fn attach_with_event_buffers(socket_path: &Path, num_queues: usize, event_buffers: usize) -> std::io::Result<TlsDevice> {
         let mut memory = GuestMemory::new(MEMORY_SIZE)?;
         let control_request = memory.alloc(CONTROL_BUFFER as usize, 16)?;
         let control_response = memory.alloc(CONTROL_BUFFER as usize, 16)?;
         let event_addrs: Vec<u64> =
-            (0..EVENT_BUFFERS).map(|_| memory.alloc(Event::SIZE, 8)).collect::<Result<_, _>>()?;
+            (0..event_buffers).map(|_| memory.alloc(Event::SIZE, 8)).collect::<Result<_, _>>()?;
         let pairs = (num_queues as u16 - 2) / 2;
         let mut rx_addrs = Vec::new();
         for pair in 0..pairs {
@@ -526,6 +532,61 @@ impl TlsDevice {
         let header = DataHeader { socket_id, op, len: payload.len() as u32, ..Default::default() };
         self.queue_tx(pair, addr, &header, payload);
         self.poll(Duration::from_millis(20));
+    }
+
+    /// `count` copies of one data packet as given, on the transmit queue
+    /// of `pair` (one buffer, published again and again), for flooding
+    /// tests: `batch` at a time, each batch kicked and waited for (1: a
+    /// driver that sends packet by packet, the device waking for each).
+    /// Returns when the device has returned them all.
+    pub fn flood_data(&mut self, pair: u16, socket_id: u32, op: u16, payload: &[u8], count: usize, batch: usize) {
+        let addr = self.tx_free.pop().expect("tx buffer");
+        let header = DataHeader { socket_id, op, len: payload.len() as u32, ..Default::default() };
+        let memory = self.device.memory();
+        memory.write(addr, &header.encode()).expect("write header");
+        memory.write(addr + DataHeader::SIZE as u64, payload).expect("write payload");
+        let len = (DataHeader::SIZE + payload.len()) as u32;
+        let queue = wire::tx_queue(pair) as usize;
+        let (mut published, mut returned) = (0, 0);
+        while returned < count {
+            while self.device.queue_mut(queue).pop_used().is_some() {
+                returned += 1;
+            }
+            let mut added = false;
+            while published < count && published - returned < batch && self.device.queue_mut(queue).free_descriptors() > 0 {
+                self.device.queue_mut(queue).add_chain(&[(addr, len)], &[]).expect("tx room");
+                published += 1;
+                added = true;
+            }
+            if added {
+                self.device.queue_mut(queue).kick().expect("kick");
+            } else if returned < count {
+                self.device.wait_for_interrupt(Duration::from_millis(10));
+            }
+        }
+        self.tx_free.push(addr);
+    }
+
+    /// Publishes an available index `ahead` entries past the true one on
+    /// `queue`, with nothing behind them (more than the queue size ahead,
+    /// the queue is broken), and kicks. The driver's own bookkeeping is
+    /// untouched: `restore_avail_idx` writes the true index back.
+    pub fn publish_avail_idx_ahead(&mut self, queue: u16, ahead: u16) {
+        let queue = self.device.queue_mut(usize::from(queue));
+        let bogus = queue.avail_idx().wrapping_add(ahead);
+        queue.publish_avail_idx(bogus).expect("avail ring is in guest memory");
+    }
+
+    pub fn restore_avail_idx(&mut self, queue: u16) {
+        let queue = self.device.queue_mut(usize::from(queue));
+        let idx = queue.avail_idx();
+        queue.publish_avail_idx(idx).expect("avail ring is in guest memory");
+    }
+
+    /// Stops and restarts `queue` through vhost-user (as QEMU does on a
+    /// device reset), so that a device that gave up on it serves it again.
+    pub fn restart_queue(&mut self, queue: u16) -> std::io::Result<()> {
+        self.device.restart_queue(usize::from(queue))
     }
 
     /// A data packet whose payload descriptor lies outside guest memory.

@@ -123,6 +123,34 @@ impl VhostUserDevice {
         Ok(VhostUserDevice { frontend, memory, queues, acked_features, busy_poll: Duration::ZERO })
     }
 
+    /// Stops queue `index` and starts it again where the device left off
+    /// (GET_VRING_BASE, then the set-up of `connect`), as QEMU does when
+    /// the guest resets a device: a backend that gave up on a broken queue
+    /// serves it again.
+    pub fn restart_queue(&mut self, index: usize) -> io::Result<()> {
+        let base = self.frontend.get_vring_base(index).map_err(vhost_error)?;
+        let queue = &self.queues[index];
+        let va = |gpa: u64| self.memory.host_address() + gpa;
+        let config = VringConfigData {
+            queue_max_size: queue.size(),
+            queue_size: queue.size(),
+            flags: 0,
+            desc_table_addr: va(queue.desc_table),
+            used_ring_addr: va(queue.used_ring),
+            avail_ring_addr: va(queue.avail_ring),
+            log_addr: None,
+        };
+        self.frontend.set_vring_num(index, queue.size()).map_err(vhost_error)?;
+        self.frontend.set_vring_base(index, base as u16).map_err(vhost_error)?;
+        self.frontend.set_vring_addr(index, &config).map_err(vhost_error)?;
+        self.frontend.set_vring_call(index, &queue.call).map_err(vhost_error)?;
+        self.frontend.set_vring_kick(index, &queue.kick).map_err(vhost_error)?;
+        if self.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            self.frontend.set_vring_enable(index, true).map_err(vhost_error)?;
+        }
+        Ok(())
+    }
+
     /// Polls the used rings for up to `duration` before each sleep.
     pub fn set_busy_poll(&mut self, duration: Duration) {
         self.busy_poll = duration;

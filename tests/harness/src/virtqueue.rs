@@ -159,6 +159,22 @@ impl DriverQueue {
         self.memory.store_u16(self.avail_ring + 2, self.avail_idx)
     }
 
+    /// The available index this driver has published.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Writes `idx` as the available index, whatever chains are behind it
+    /// (a broken or hostile driver; `idx` far ahead of the device breaks
+    /// the queue), and notifies the device whatever EVENT_IDX says.
+    /// `publish_avail_idx(avail_idx())` puts the true index back.
+    pub fn publish_avail_idx(&self, idx: u16) -> io::Result<()> {
+        fence(Ordering::Release);
+        self.memory.store_u16(self.avail_ring + 2, idx)?;
+        fence(Ordering::SeqCst);
+        self.kick.write(1)
+    }
+
     /// With EVENT_IDX the device says where it wants kicks (avail_event)
     /// and the driver where it wants interrupts (used_event).
     pub fn set_event_idx(&mut self, enabled: bool) {

@@ -535,3 +535,94 @@ fn application_identities_only_when_the_policy_allows() {
     let (outcome, _, _) = serve_one(&mut device, listener, rustls_client(sb.host_v4, "app.test", sb.bed.ca.cert_der(), b"own cert"));
     assert_eq!(outcome.leaf, app.chain[0], "the program's own certificate is presented");
 }
+
+/// Connects to `addr` and closes at once, `count` times, without waiting
+/// long for a connect the host's accept queue has no room for; returns how
+/// many connected (and so wait, closed, in that queue).
+fn connect_and_close(addr: SocketAddr, count: usize) -> usize {
+    let mut connected = 0;
+    let mut refused_in_a_row = 0;
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(20)) {
+            Ok(stream) => {
+                connected += 1;
+                refused_in_a_row = 0;
+                drop(stream);
+            }
+            // The accept queue is full (somaxconn): the kernel drops SYNs.
+            Err(_) => {
+                refused_in_a_row += 1;
+                if refused_in_a_row == 20 {
+                    break;
+                }
+            }
+        }
+    }
+    connected
+}
+
+/// Clients that connect and leave at once, queued behind a listening
+/// socket while the socket limit holds the device back: when the limit is
+/// released, each fails on its first read and the next is taken, thousands
+/// in a row, without the worker's stack growing with them.
+#[test]
+fn thousands_of_queued_clients_that_leave_at_once() {
+    let base = LOOPBACK_POLICY.replace("max_sockets = 64", "max_sockets = 2\nhandshakes_per_second = 1000000\nmax_pending_handshakes = 65536");
+    let sb = start_from(&base, "");
+    let mut device = sb.bed.driver();
+    let listener = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.bind(listener, SockAddr::ipv4([0; 4], GUEST_PORT)).unwrap();
+    device.listen(listener, 4096).unwrap();
+    // The socket limit reached: clients wait in the host's accept queue.
+    let filler = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    let queued = connect_and_close(sb.host_v4, 5000);
+    eprintln!("{queued} clients connected and left, queued behind the listener");
+    assert!(queued >= 4000, "only {queued} clients got into the accept queue");
+    assert_eq!(sb.bed.server.sockets().len(), 2, "none taken while the limit holds");
+    device.close(filler).unwrap();
+
+    // Served after every queued one (the accept queue is in order).
+    let (outcome, _, _) = serve_one(&mut device, listener, rustls_client(sb.host_v4, "www.test", sb.bed.ca.cert_der(), b"after them"));
+    assert_eq!(outcome.reply, b"after them");
+    let reports = sb.bed.server.sockets();
+    assert_eq!(reports.iter().map(|r| r.id).collect::<Vec<_>>(), [listener], "every queued client is gone: {reports:?}");
+    device.close(listener).unwrap();
+}
+
+/// A malformed packet for a listening socket fails it; the connections it
+/// handshook that the guest never accepted go with it, and so does their
+/// share of the socket limit.
+#[test]
+fn a_failed_listener_releases_its_unaccepted_connections() {
+    let base = LOOPBACK_POLICY.replace("max_sockets = 64", "max_sockets = 4");
+    let sb = start_from(&base, "");
+    let mut device = sb.bed.driver();
+    let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET, GUEST_PORT);
+    let clients: Vec<_> = (0..3).map(|_| rustls_client(sb.host_v4, "www.test", sb.bed.ca.cert_der(), b"never echoed")).collect();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut ready = 0;
+    while ready < 3 {
+        assert!(Instant::now() < deadline, "3 handshakes complete");
+        device.poll(Duration::from_millis(20));
+        ready += device.take_accept_ready(listener);
+    }
+    assert_eq!(device.create(wire::VIRTIO_TLS_AF_INET), Err(Errno::EMFILE), "the listener and its 3 connections fill the limit");
+
+    // A CREDIT_UPDATE carrying payload: malformed, the listener fails.
+    device.raw_data(0, listener, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, b"x");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let created = loop {
+        match device.create(wire::VIRTIO_TLS_AF_INET) {
+            Err(Errno::EMFILE) if Instant::now() < deadline => device.poll(Duration::from_millis(50)),
+            other => break other,
+        }
+    };
+    let created = created.unwrap_or_else(|e| panic!("{e}: the failed listener's connections still count: {:?}", sb.bed.server.sockets()));
+    for client in clients {
+        assert!(client.join().unwrap().is_err(), "the client sees its connection end");
+    }
+    device.close(created).unwrap();
+    device.close(listener).unwrap();
+    sb.bed.wait_until_no_sockets();
+    assert_eq!(device.messages_for_unknown_sockets, 0);
+}
