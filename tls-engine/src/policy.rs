@@ -104,8 +104,9 @@ pub struct Limits {
     /// New handshakes a VM may start per second (a token bucket of one
     /// second's worth).
     pub handshakes_per_second: u32,
-    /// Buffer memory a VM's sockets may reserve together, in MiB: each
-    /// socket reserves `socket_buffer_bytes`.
+    /// Memory a VM's sockets may reserve together, in MiB: each socket
+    /// reserves `socket_buffer_bytes`, and each distinct TLS configuration
+    /// its sockets use is charged too ([`crate::limits::MemoryBudget`]).
     pub vm_buffer_mib: u32,
 }
 
@@ -136,8 +137,9 @@ impl Default for Limits {
             connect_timeout_secs: 30,
             max_pending_handshakes: 256,
             handshakes_per_second: 1000,
-            // max_sockets sockets of socket_buffer_bytes each.
-            vm_buffer_mib: 256,
+            // max_sockets sockets of socket_buffer_bytes each, and 16 MiB
+            // for TLS configurations (about a thousand distinct ones).
+            vm_buffer_mib: 272,
         }
     }
 }

@@ -82,7 +82,7 @@ fn an_empty_policy_is_the_builtin_default() {
             connect_timeout_secs: 30,
             max_pending_handshakes: 256,
             handshakes_per_second: 1000,
-            vm_buffer_mib: 256,
+            vm_buffer_mib: 272,
         }
     );
     assert!(!policy.roots.is_empty(), "system roots, or webpki-roots without them");
