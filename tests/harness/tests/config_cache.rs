@@ -174,9 +174,10 @@ fn configurations_in_use_are_charged_to_the_vm_budget() {
     // 1 MiB for the VM, sockets of 4 KiB: the socket count leaves most of
     // it to TLS configurations, and a guest keeping ever new ones in use
     // reaches it.
-    let policy = LOOPBACK_POLICY
-        .replace("max_sockets = 64", "max_sockets = 1024")
-        .replace("socket_buffer_bytes = 262144", "socket_buffer_bytes = 4096\nvm_buffer_mib = 1\nhandshakes_per_second = 1000000\nmax_pending_handshakes = 1024");
+    let policy = LOOPBACK_POLICY.replace("max_sockets = 64", "max_sockets = 1024").replace(
+        "socket_buffer_bytes = 262144",
+        "socket_buffer_bytes = 4096\nvm_buffer_mib = 1\nhandshakes_per_second = 1000000\nmax_pending_handshakes = 1024",
+    );
     let bed = Testbed::start(&policy);
     let pit = tarpit();
     let IpAddr::V4(ip) = pit.ip() else { unreachable!() };
