@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Weak};
 use std::time::Instant;
 
 use crate::policy::Limits;
@@ -93,6 +94,22 @@ pub struct MemoryBudget {
     sockets_bytes: AtomicU64,
     /// Charged by the configuration caches.
     configs_bytes: AtomicU64,
+    /// The caches charging it, to ask for room.
+    caches: Mutex<Vec<Weak<dyn EvictIdle>>>,
+}
+
+/// A cache charging a [`MemoryBudget`] that can give up something no one
+/// uses.
+pub trait EvictIdle: Send + Sync {
+    /// Drops one unused entry, without waiting for a lock held elsewhere;
+    /// whether it did.
+    fn try_evict_idle(&self) -> bool;
+}
+
+impl fmt::Debug for dyn EvictIdle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EvictIdle")
+    }
 }
 
 impl MemoryBudget {
@@ -101,7 +118,23 @@ impl MemoryBudget {
             limit_bytes: AtomicU64::new(Self::limit_of(limits)),
             sockets_bytes: AtomicU64::new(0),
             configs_bytes: AtomicU64::new(0),
+            caches: Mutex::default(),
         }
+    }
+
+    /// Adds a cache that [`MemoryBudget::evict_idle_elsewhere`] may ask.
+    pub(crate) fn register(&self, cache: Weak<dyn EvictIdle>) {
+        let mut caches = self.caches.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        caches.retain(|cache| cache.strong_count() > 0);
+        caches.push(cache);
+    }
+
+    /// Asks the caches charging this budget to drop one unused entry each
+    /// until one does; whether one did. A cache whose lock is held (the
+    /// asking one) is skipped.
+    pub(crate) fn evict_idle_elsewhere(&self) -> bool {
+        let caches: Vec<_> = self.caches.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        caches.iter().filter_map(Weak::upgrade).any(|cache| cache.try_evict_idle())
     }
 
     fn limit_of(limits: &Limits) -> u64 {
@@ -134,9 +167,7 @@ impl MemoryBudget {
         let limit = self.limit_bytes.load(Ordering::Relaxed);
         let sockets = self.sockets_bytes.load(Ordering::Relaxed);
         self.configs_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |charged| {
-                (sockets + charged + bytes <= limit).then_some(charged + bytes)
-            })
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |charged| (sockets + charged + bytes <= limit).then_some(charged + bytes))
             .is_ok()
     }
 

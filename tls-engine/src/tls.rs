@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -13,7 +13,7 @@ use rustls_pki_types::ServerName;
 use virtio_tls_spec as wire;
 
 use crate::errno::{Errno, Failure};
-use crate::limits::MemoryBudget;
+use crate::limits::{EvictIdle, MemoryBudget};
 use crate::options::SocketOptions;
 use crate::policy::{Policy, ServerPolicy, TlsVersion};
 
@@ -30,7 +30,7 @@ type ClientConfigKey = ((TlsVersion, TlsVersion), bool, u64);
 pub struct ClientContext {
     policy: Arc<Policy>,
     budget: Arc<MemoryBudget>,
-    configs: Mutex<ConfigCache<ClientConfigKey, ClientConfig>>,
+    configs: Arc<Mutex<ConfigCache<ClientConfigKey, ClientConfig>>>,
 }
 
 impl ClientContext {
@@ -44,7 +44,7 @@ impl ClientContext {
     /// A context whose cached configurations are charged to `budget` (the
     /// VM's, shared with its socket buffers and its [`ServerContext`]).
     pub fn with_budget(policy: Arc<Policy>, budget: Arc<MemoryBudget>) -> ClientContext {
-        let configs = Mutex::new(ConfigCache::new(&policy, budget.clone()));
+        let configs = ConfigCache::shared(&policy, budget.clone());
         ClientContext { policy, budget, configs }
     }
 
@@ -145,7 +145,7 @@ impl ServerConfigKey {
 /// and by the connections they accept (and with them the session cache).
 pub struct ServerContext {
     policy: Arc<Policy>,
-    configs: Mutex<ConfigCache<ServerConfigKey, ServerConfig>>,
+    configs: Arc<Mutex<ConfigCache<ServerConfigKey, ServerConfig>>>,
 }
 
 impl ServerContext {
@@ -158,7 +158,7 @@ impl ServerContext {
 
     /// A context whose cached configurations are charged to `budget`.
     pub fn with_budget(policy: Arc<Policy>, budget: Arc<MemoryBudget>) -> ServerContext {
-        let configs = Mutex::new(ConfigCache::new(&policy, budget));
+        let configs = ConfigCache::shared(&policy, budget);
         ServerContext { policy, configs }
     }
 
@@ -182,10 +182,6 @@ impl ServerContext {
                 return Ok(config);
             }
         }
-        let charge = match own_identity {
-            None => Some(configs.reserve(CONFIG_CHARGE_BYTES + key.heap_bytes())?),
-            Some(_) => None,
-        };
         let resolver: Arc<dyn ResolvesServerCert> = match own_identity {
             Some(identity) => Arc::new(IdentityResolver {
                 server: ServerPolicy { identities: vec![identity.clone()], ..ServerPolicy::default() },
@@ -195,6 +191,10 @@ impl ServerContext {
                 return Err(Failure::new(Errno::EACCES, "the policy names no server identity ([[server.identities]])"));
             }
             None => Arc::new(IdentityResolver { server: self.policy.server.clone(), required_name: key.required_name.clone() }),
+        };
+        let charge = match own_identity {
+            None => Some(configs.reserve(CONFIG_CHARGE_BYTES + key.heap_bytes())?),
+            Some(_) => None,
         };
         let builder = ServerConfig::builder_with_provider(self.policy.crypto_provider())
             .with_protocol_versions(&protocol_versions(range))
@@ -259,6 +259,16 @@ struct CachedConfig<C> {
     last_used: u64,
 }
 
+impl<K: Eq + Hash + Clone + Send + 'static, C: Send + Sync + 'static> EvictIdle for Mutex<ConfigCache<K, C>> {
+    fn try_evict_idle(&self) -> bool {
+        // Never waits: the caller holds its own cache's lock.
+        match self.try_lock() {
+            Ok(mut cache) => cache.evict_one_idle(),
+            Err(_) => false,
+        }
+    }
+}
+
 /// Bytes charged to a budget, released when dropped.
 struct Charge {
     budget: Arc<MemoryBudget>,
@@ -271,15 +281,21 @@ impl Drop for Charge {
     }
 }
 
-impl<K: Eq + Hash + Clone, C> ConfigCache<K, C> {
-    fn new(policy: &Policy, budget: Arc<MemoryBudget>) -> ConfigCache<K, C> {
-        ConfigCache {
+impl<K: Eq + Hash + Clone + Send + 'static, C: Send + Sync + 'static> ConfigCache<K, C> {
+    /// A cache charging `budget`, which may ask it to give up unused
+    /// configurations when another cache (the VM's server or client
+    /// configurations, or a context before a reload) needs room.
+    fn shared(policy: &Policy, budget: Arc<MemoryBudget>) -> Arc<Mutex<ConfigCache<K, C>>> {
+        let cache = Arc::new(Mutex::new(ConfigCache {
             entries: HashMap::new(),
-            budget,
+            budget: budget.clone(),
             max_entries: policy.limits.max_sockets as usize,
             vm_buffer_mib: policy.limits.vm_buffer_mib,
             clock: 0,
-        }
+        }));
+        let weak: Weak<dyn EvictIdle> = Arc::downgrade(&cache) as Weak<Mutex<ConfigCache<K, C>>>;
+        budget.register(weak);
+        cache
     }
 
     fn get(&mut self, key: &K) -> Option<Arc<C>> {
@@ -298,7 +314,9 @@ impl<K: Eq + Hash + Clone, C> ConfigCache<K, C> {
             if self.entries.len() < self.max_entries && self.budget.try_charge(bytes) {
                 return Ok(Charge { budget: self.budget.clone(), bytes });
             }
-            if !self.evict_one_idle() {
+            // The other caches on the budget (this one is locked, so it
+            // is skipped there).
+            if !self.evict_one_idle() && !self.budget.evict_idle_elsewhere() {
                 let in_use = self.entries.len();
                 let charged_kib = self.budget.configs_bytes() / 1024;
                 let limit = if in_use >= self.max_entries {
@@ -592,9 +610,13 @@ mod tests {
 
     #[test]
     fn configs_are_charged_to_the_budget() {
-        let mut policy = Policy::builtin_default();
-        policy.limits.vm_buffer_mib = 1;
-        let policy = Arc::new(policy);
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["www.test".to_owned()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("www.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("www.key"), key.serialize_pem()).unwrap();
+        let text = "[limits]\nvm_buffer_mib = 1\n[[server.identities]]\ncertificate_chain = \"www.pem\"\nprivate_key = \"www.key\"\n";
+        let policy = Arc::new(Policy::from_toml_str(text, "test", dir.path()).unwrap());
         let budget = Arc::new(MemoryBudget::new(&policy.limits));
         let client = ClientContext::with_budget(policy.clone(), budget.clone());
         let server = ServerContext::with_budget(policy, budget.clone());
@@ -606,11 +628,14 @@ mod tests {
         assert_eq!(refused.errno, Errno::ENOBUFS);
         assert!(refused.reason.contains("vm_buffer_mib = 1 is reserved"), "{}", refused.reason);
         assert!(!budget.socket_fits(3, 256 * 1024), "the configurations took the fourth socket's room");
-        // The server context shares the budget (it has no identity to
-        // build with, which it says only once the charge fits).
-        assert_eq!(server.config(&with_context(1)).unwrap_err().errno, Errno::ENOBUFS);
+        // The server context shares the budget.
+        let refused = server.config(&with_context(1)).unwrap_err();
+        assert_eq!(refused.errno, Errno::ENOBUFS, "{}", refused.reason);
         drop(held);
         client.config(&with_context(99)).unwrap();
+        let listening = server.config(&with_context(1)).unwrap();
+        assert!(budget.configs_bytes() > CONFIG_CHARGE_BYTES, "the server's configuration is charged too");
+        drop(listening);
         assert!(budget.configs_bytes() <= (MAX_IDLE_CONFIGS as u64) * CONFIG_CHARGE_BYTES);
     }
 
