@@ -75,7 +75,7 @@ pub fn context() -> Result<&'static Arc<ClientContext>, &'static str> {
 pub fn server_context() -> Option<&'static ServerContext> {
     static SERVER: OnceLock<ServerContext> = OnceLock::new();
     let client = context().ok()?;
-    Some(SERVER.get_or_init(|| ServerContext::new(client.policy().clone())))
+    Some(SERVER.get_or_init(|| ServerContext::with_budget(client.policy().clone(), client.budget().clone())))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 pub mod destination;
 pub mod errno;
 pub mod getopt;
+pub mod host_addresses;
 pub mod limits;
 pub mod options;
 pub mod policy;

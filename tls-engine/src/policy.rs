@@ -104,8 +104,9 @@ pub struct Limits {
     /// New handshakes a VM may start per second (a token bucket of one
     /// second's worth).
     pub handshakes_per_second: u32,
-    /// Buffer memory a VM's sockets may reserve together, in MiB: each
-    /// socket reserves `socket_buffer_bytes`.
+    /// Memory a VM's sockets may reserve together, in MiB: each socket
+    /// reserves `socket_buffer_bytes`, and each distinct TLS configuration
+    /// its sockets use is charged too ([`crate::limits::MemoryBudget`]).
     pub vm_buffer_mib: u32,
 }
 
@@ -136,8 +137,9 @@ impl Default for Limits {
             connect_timeout_secs: 30,
             max_pending_handshakes: 256,
             handshakes_per_second: 1000,
-            // max_sockets sockets of socket_buffer_bytes each.
-            vm_buffer_mib: 256,
+            // max_sockets sockets of socket_buffer_bytes each, and 16 MiB
+            // for TLS configurations (about a thousand distinct ones).
+            vm_buffer_mib: 272,
         }
     }
 }
@@ -203,6 +205,9 @@ impl Policy {
     /// relative paths in it (`ca_files`, `include`, ...) resolve against
     /// `base_dir`.
     pub fn from_toml_str(text: &str, origin: &str, base_dir: &Path) -> Result<Policy, PolicyError> {
+        // A (re)load is when the operator expects the host's addresses,
+        // which may have changed since the start, to be current.
+        crate::host_addresses::refresh();
         let (files, file) = include::load_merged(text, origin, base_dir)?;
         let source = Source { files: &files, resolved: RefCell::new(Vec::new()) };
         let (min_version, max_version) = versions(&file.tls, &source)?;
@@ -226,6 +231,7 @@ impl Policy {
     /// System roots, TLS 1.2 to 1.3, every suite, any destination except
     /// host-local ones.
     pub fn builtin_default() -> Policy {
+        crate::host_addresses::refresh();
         Policy {
             min_version: TlsVersion::Tls12,
             max_version: TlsVersion::Tls13,
@@ -265,7 +271,10 @@ impl Verdict {
 }
 
 /// Ordered allow/deny rules; the first that matches decides. Host-local
-/// addresses that no rule matches are denied whatever the default.
+/// addresses (loopback, link-local, the host's own interface addresses)
+/// are denied whatever the default unless an allow rule with `addresses`
+/// matches them: an allow rule by name or port alone does not, since a
+/// name can resolve to anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DestinationPolicy {
     default_allow: bool,
@@ -296,28 +305,65 @@ impl DestinationPolicy {
     /// when the backend resolved `hostname` itself and every name given
     /// matches.
     pub fn check_with_server_name(&self, hostname: Option<&str>, server_name: Option<&str>, addr: IpAddr, port: u16) -> Verdict {
+        self.verdict(&Names::of(hostname, server_name), addr, port, &crate::host_addresses::current())
+    }
+
+    /// The verdict, with `host_addresses` the host's interface addresses.
+    /// The reasons never name the address: for a connect by name, that
+    /// would tell the guest what the host's resolver answered.
+    fn verdict(&self, names: &Names, addr: IpAddr, port: u16, host_addresses: &[IpAddr]) -> Verdict {
         let addr = canonical(addr);
-        let names = Names { resolved: dns_name(hostname), server: dns_name(server_name) };
+        let host_local = is_host_local(addr) || host_addresses.iter().any(|own| canonical(*own) == addr);
         for rule in &self.rules {
-            if rule.matches(&names, addr, port) {
-                return if rule.allow {
-                    Verdict::Allow
-                } else {
-                    Verdict::Deny(match &rule.included_from {
-                        None => format!("denied by destinations rule {} (line {})", rule.number, rule.line),
-                        Some(file) => format!("denied by destinations rule {} ({file}:{})", rule.number, rule.line),
-                    })
-                };
+            if !rule.matches(names, addr, port) {
+                continue;
             }
+            if rule.allow && host_local && rule.addresses.is_none() {
+                // Allowed by name or port alone: not explicit enough for
+                // the host itself.
+                continue;
+            }
+            return if rule.allow { Verdict::Allow } else { Verdict::Deny(rule.denial()) };
         }
-        if is_host_local(addr) {
-            return Verdict::Deny(format!("host-local address {addr} is denied unless a rule allows it"));
+        if host_local {
+            return Verdict::Deny(
+                "a host-local address (loopback, link-local or one of the host's own) is denied unless a rule allows it by address"
+                    .to_owned(),
+            );
         }
+        self.default_verdict()
+    }
+
+    fn default_verdict(&self) -> Verdict {
         if self.default_allow {
             Verdict::Allow
         } else {
             Verdict::Deny("no destinations rule allows it and the default is deny".to_owned())
         }
+    }
+
+    /// Whether a connect by name to `hostname`:`port` could be allowed for
+    /// some address it might resolve to, decided before resolving it, so
+    /// that a name no rule could allow costs no DNS query (and tells the
+    /// guest nothing about the name). Deny names the rule (or the default)
+    /// that decides for every address; Allow means: resolve, then check
+    /// each address.
+    pub fn check_name(&self, hostname: &str, server_name: Option<&str>, port: u16) -> Verdict {
+        let names = Names::of(Some(hostname), server_name);
+        for rule in &self.rules {
+            if !rule.matches_names_and_port(&names, port) {
+                continue;
+            }
+            match (rule.allow, rule.addresses.is_some()) {
+                // Some address may match it.
+                (true, _) => return Verdict::Allow,
+                // It decides for every address.
+                (false, false) => return Verdict::Deny(rule.denial()),
+                // Addresses outside its ranges go on to the next rules.
+                (false, true) => {}
+            }
+        }
+        self.default_verdict()
     }
 }
 
@@ -330,6 +376,10 @@ struct Names {
 }
 
 impl Names {
+    fn of(hostname: Option<&str>, server_name: Option<&str>) -> Names {
+        Names { resolved: dns_name(hostname), server: dns_name(server_name) }
+    }
+
     fn iter(&self) -> impl Iterator<Item = &str> {
         self.resolved.iter().chain(self.server.iter()).map(String::as_str)
     }
@@ -385,6 +435,12 @@ struct Rule {
 impl Rule {
     /// Every criterion the rule has must match.
     fn matches(&self, names: &Names, addr: IpAddr, port: u16) -> bool {
+        let addr_ok = self.addresses.as_ref().is_none_or(|nets| nets.iter().any(|n| n.contains(&addr)));
+        addr_ok && self.matches_names_and_port(names, port)
+    }
+
+    /// The criteria other than addresses.
+    fn matches_names_and_port(&self, names: &Names, port: u16) -> bool {
         let host_ok = self.hosts.as_ref().is_none_or(|patterns| {
             let matched = |name: &str| patterns.iter().any(|p| p.matches(name));
             if self.allow {
@@ -393,9 +449,16 @@ impl Rule {
                 names.iter().any(matched)
             }
         });
-        let addr_ok = self.addresses.as_ref().is_none_or(|nets| nets.iter().any(|n| n.contains(&addr)));
         let port_ok = self.ports.as_ref().is_none_or(|ranges| ranges.iter().any(|r| r.contains(&port)));
-        host_ok && addr_ok && port_ok
+        host_ok && port_ok
+    }
+
+    /// TLS_ERROR's reason when this deny rule decides.
+    fn denial(&self) -> String {
+        match &self.included_from {
+            None => format!("denied by destinations rule {} (line {})", self.number, self.line),
+            Some(file) => format!("denied by destinations rule {} ({file}:{})", self.number, self.line),
+        }
     }
 }
 

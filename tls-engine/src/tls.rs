@@ -1,8 +1,9 @@
 //! rustls configuration under a policy, and what a finished handshake
 //! reports (TLS_CHOSEN_VERSION, TLS_CHOSEN_CIPHER, TLS_PEER_IDENTITY).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -12,6 +13,7 @@ use rustls_pki_types::ServerName;
 use virtio_tls_spec as wire;
 
 use crate::errno::{Errno, Failure};
+use crate::limits::{EvictIdle, MemoryBudget};
 use crate::options::SocketOptions;
 use crate::policy::{Policy, ServerPolicy, TlsVersion};
 
@@ -27,16 +29,32 @@ type ClientConfigKey = ((TlsVersion, TlsVersion), bool, u64);
 /// shared, so that sockets share rustls' session cache (resumption).
 pub struct ClientContext {
     policy: Arc<Policy>,
-    configs: Mutex<HashMap<ClientConfigKey, Arc<ClientConfig>>>,
+    budget: Arc<MemoryBudget>,
+    configs: Arc<Mutex<ConfigCache<ClientConfigKey, ClientConfig>>>,
 }
 
 impl ClientContext {
+    /// A context with a memory budget of its own (the library's, per
+    /// process), by the policy's `vm_buffer_mib`.
     pub fn new(policy: Arc<Policy>) -> ClientContext {
-        ClientContext { policy, configs: Mutex::new(HashMap::new()) }
+        let budget = Arc::new(MemoryBudget::new(&policy.limits));
+        ClientContext::with_budget(policy, budget)
+    }
+
+    /// A context whose cached configurations are charged to `budget` (the
+    /// VM's, shared with its socket buffers and its [`ServerContext`]).
+    pub fn with_budget(policy: Arc<Policy>, budget: Arc<MemoryBudget>) -> ClientContext {
+        let configs = ConfigCache::shared(&policy, budget.clone());
+        ClientContext { policy, budget, configs }
     }
 
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
+    }
+
+    /// The budget the cached configurations are charged to.
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 
     /// The configuration for a socket with these options. Sockets alike
@@ -48,9 +66,15 @@ impl ClientContext {
         let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if own_identity.is_none() {
             if let Some(config) = configs.get(&key) {
-                return Ok(config.clone());
+                return Ok(config);
             }
         }
+        // A program's own identity makes a configuration for that socket
+        // alone, never cached: it goes with the socket (max_sockets).
+        let charge = match own_identity {
+            None => Some(configs.reserve(CONFIG_CHARGE_BYTES)?),
+            Some(_) => None,
+        };
         let builder = ClientConfig::builder_with_provider(self.policy.crypto_provider())
             .with_protocol_versions(&protocol_versions(range))
             .map_err(|e| Failure::new(Errno::EINVAL, format!("policy leaves no usable TLS configuration: {e}")))?
@@ -65,8 +89,8 @@ impl ClientContext {
             config.resumption = rustls::client::Resumption::disabled();
         }
         let config = Arc::new(config);
-        if own_identity.is_none() {
-            configs.insert(key, config.clone());
+        if let Some(charge) = charge {
+            configs.insert(key, config.clone(), charge);
         }
         Ok(config)
     }
@@ -108,16 +132,34 @@ struct ServerConfigKey {
     context: u64,
 }
 
+impl ServerConfigKey {
+    /// What the key's guest-chosen values cost, held twice: in the key and
+    /// in the configuration.
+    fn heap_bytes(&self) -> u64 {
+        let alpn: usize = self.alpn.iter().map(|p| p.len() + std::mem::size_of::<Vec<u8>>()).sum();
+        2 * (alpn + self.required_name.as_ref().map_or(0, String::len)) as u64
+    }
+}
+
 /// Server configurations for one policy, shared by listening sockets alike
 /// and by the connections they accept (and with them the session cache).
 pub struct ServerContext {
     policy: Arc<Policy>,
-    configs: Mutex<HashMap<ServerConfigKey, Arc<ServerConfig>>>,
+    configs: Arc<Mutex<ConfigCache<ServerConfigKey, ServerConfig>>>,
 }
 
 impl ServerContext {
+    /// A context with a memory budget of its own, by the policy's
+    /// `vm_buffer_mib`.
     pub fn new(policy: Arc<Policy>) -> ServerContext {
-        ServerContext { policy, configs: Mutex::new(HashMap::new()) }
+        let budget = Arc::new(MemoryBudget::new(&policy.limits));
+        ServerContext::with_budget(policy, budget)
+    }
+
+    /// A context whose cached configurations are charged to `budget`.
+    pub fn with_budget(policy: Arc<Policy>, budget: Arc<MemoryBudget>) -> ServerContext {
+        let configs = ConfigCache::shared(&policy, budget);
+        ServerContext { policy, configs }
     }
 
     /// The configuration for a listening socket with these options: the
@@ -137,7 +179,7 @@ impl ServerContext {
         let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if own_identity.is_none() {
             if let Some(config) = configs.get(&key) {
-                return Ok(config.clone());
+                return Ok(config);
             }
         }
         let resolver: Arc<dyn ResolvesServerCert> = match own_identity {
@@ -149,6 +191,10 @@ impl ServerContext {
                 return Err(Failure::new(Errno::EACCES, "the policy names no server identity ([[server.identities]])"));
             }
             None => Arc::new(IdentityResolver { server: self.policy.server.clone(), required_name: key.required_name.clone() }),
+        };
+        let charge = match own_identity {
+            None => Some(configs.reserve(CONFIG_CHARGE_BYTES + key.heap_bytes())?),
+            Some(_) => None,
         };
         let builder = ServerConfig::builder_with_provider(self.policy.crypto_provider())
             .with_protocol_versions(&protocol_versions(range))
@@ -169,8 +215,8 @@ impl ServerContext {
             None => Arc::new(rustls::server::NoServerSessionStorage {}),
         };
         let config = Arc::new(config);
-        if own_identity.is_none() {
-            configs.insert(key, config.clone());
+        if let Some(charge) = charge {
+            configs.insert(key, config.clone(), charge);
         }
         Ok(config)
     }
@@ -179,6 +225,133 @@ impl ServerContext {
     pub fn accept(&self, options: &SocketOptions) -> Result<ServerConnection, Failure> {
         ServerConnection::new(self.config(options)?)
             .map_err(|e| Failure::new(Errno::EPROTO, format!("cannot start the TLS handshake: {e}")))
+    }
+}
+
+/// What one cached configuration is charged besides its guest-chosen key
+/// values: rustls' configuration with its provider, verifier and resolver,
+/// and the session cache's first allocations.
+const CONFIG_CHARGE_BYTES: u64 = 16 * 1024;
+
+/// Configurations no socket uses that a cache keeps, the least recently
+/// used going first: a program that reconnects finds its session cache
+/// (resumption) without the guest being able to pile up unused ones.
+const MAX_IDLE_CONFIGS: usize = 32;
+
+/// Configurations by the options they were built for, bounded in number
+/// (the policy's `max_sockets`: every configuration in use has a socket)
+/// and in bytes (charged to the [`MemoryBudget`]). Sockets hold their
+/// configuration (rustls' connections and listening sockets keep the
+/// `Arc`), so an entry only the cache holds is in use by no socket and can
+/// go.
+struct ConfigCache<K, C> {
+    entries: HashMap<K, CachedConfig<C>>,
+    budget: Arc<MemoryBudget>,
+    max_entries: usize,
+    vm_buffer_mib: u32,
+    /// Counts lookups, for least-recently-used eviction.
+    clock: u64,
+}
+
+struct CachedConfig<C> {
+    config: Arc<C>,
+    _charge: Charge,
+    last_used: u64,
+}
+
+impl<K: Eq + Hash + Clone + Send + 'static, C: Send + Sync + 'static> EvictIdle for Mutex<ConfigCache<K, C>> {
+    fn try_evict_idle(&self) -> bool {
+        // Never waits: the caller holds its own cache's lock.
+        match self.try_lock() {
+            Ok(mut cache) => cache.evict_one_idle(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Bytes charged to a budget, released when dropped.
+struct Charge {
+    budget: Arc<MemoryBudget>,
+    bytes: u64,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send + 'static, C: Send + Sync + 'static> ConfigCache<K, C> {
+    /// A cache charging `budget`, which may ask it to give up unused
+    /// configurations when another cache (the VM's server or client
+    /// configurations, or a context before a reload) needs room.
+    fn shared(policy: &Policy, budget: Arc<MemoryBudget>) -> Arc<Mutex<ConfigCache<K, C>>> {
+        let cache = Arc::new(Mutex::new(ConfigCache {
+            entries: HashMap::new(),
+            budget: budget.clone(),
+            max_entries: policy.limits.max_sockets as usize,
+            vm_buffer_mib: policy.limits.vm_buffer_mib,
+            clock: 0,
+        }));
+        let weak: Weak<dyn EvictIdle> = Arc::downgrade(&cache) as Weak<Mutex<ConfigCache<K, C>>>;
+        budget.register(weak);
+        cache
+    }
+
+    fn get(&mut self, key: &K) -> Option<Arc<C>> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(key)?;
+        entry.last_used = self.clock;
+        Some(entry.config.clone())
+    }
+
+    /// Makes room for a configuration of `bytes` and charges them, evicting
+    /// unused configurations as needed; ENOBUFS when the configurations in
+    /// use leave no room.
+    fn reserve(&mut self, bytes: u64) -> Result<Charge, Failure> {
+        while self.idle_count() >= MAX_IDLE_CONFIGS && self.evict_one_idle() {}
+        loop {
+            if self.entries.len() < self.max_entries && self.budget.try_charge(bytes) {
+                return Ok(Charge { budget: self.budget.clone(), bytes });
+            }
+            // The other caches on the budget (this one is locked, so it
+            // is skipped there).
+            if !self.evict_one_idle() && !self.budget.evict_idle_elsewhere() {
+                let in_use = self.entries.len();
+                let charged_kib = self.budget.configs_bytes() / 1024;
+                let limit = if in_use >= self.max_entries {
+                    format!("max_sockets = {}", self.max_entries)
+                } else {
+                    format!("vm_buffer_mib = {} is reserved", self.vm_buffer_mib)
+                };
+                return Err(Failure::new(
+                    Errno::ENOBUFS,
+                    format!(
+                        "too many distinct TLS configurations in use ({in_use}, {charged_kib} KiB; sockets with different \
+                         TLS_CONTEXT, TLS_ALPN, TLS_HOSTNAME, TLS_SESSION_TTL or versions need one each): {limit}"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn insert(&mut self, key: K, config: Arc<C>, charge: Charge) {
+        self.clock += 1;
+        self.entries.insert(key, CachedConfig { config, _charge: charge, last_used: self.clock });
+    }
+
+    fn idle_count(&self) -> usize {
+        self.entries.values().filter(|entry| Arc::strong_count(&entry.config) == 1).count()
+    }
+
+    /// Drops the least recently used configuration no socket holds.
+    fn evict_one_idle(&mut self) -> bool {
+        let idle = self.entries.iter().filter(|(_, entry)| Arc::strong_count(&entry.config) == 1);
+        let Some(key) = idle.min_by_key(|(_, entry)| entry.last_used).map(|(key, _)| key.clone()) else {
+            return false;
+        };
+        self.entries.remove(&key);
+        true
     }
 }
 
@@ -205,14 +378,23 @@ impl ResolvesServerCert for IdentityResolver {
     }
 }
 
-/// rustls' in-memory session cache, with sessions forgotten after a
-/// lifetime (TLS_SESSION_TTL): a session older than that is a full
-/// handshake again.
+/// A listening socket's session cache: at most SESSION_CACHE_SIZE
+/// sessions, the oldest going first, each forgotten after a lifetime
+/// (TLS_SESSION_TTL): a session older than that is a full handshake again.
+/// It grows with the sessions stored rather than being allocated in full
+/// up front (rustls' `ServerSessionMemoryCache` is), since a guest can
+/// make many listening configurations that never see a client.
 #[derive(Debug)]
 struct ExpiringSessionCache {
-    inner: Arc<rustls::server::ServerSessionMemoryCache>,
-    born: Mutex<HashMap<Vec<u8>, Instant>>,
+    sessions: Mutex<Sessions>,
     ttl: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    by_key: HashMap<Vec<u8>, (Vec<u8>, Instant)>,
+    /// Keys in the order stored, oldest first; may hold keys taken since.
+    order: VecDeque<Vec<u8>>,
 }
 
 /// Sessions a listening socket remembers.
@@ -220,33 +402,42 @@ const SESSION_CACHE_SIZE: usize = 1024;
 
 impl ExpiringSessionCache {
     fn new(ttl: Duration) -> ExpiringSessionCache {
-        ExpiringSessionCache { inner: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE), born: Mutex::default(), ttl }
+        ExpiringSessionCache { sessions: Mutex::default(), ttl }
     }
 
-    fn fresh(&self, key: &[u8]) -> bool {
-        let born = self.born.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        born.get(key).is_some_and(|at| at.elapsed() < self.ttl)
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn fresh(&self, stored: &(Vec<u8>, Instant)) -> bool {
+        stored.1.elapsed() < self.ttl
     }
 }
 
 impl rustls::server::StoresServerSessions for ExpiringSessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        let mut born = self.born.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if born.len() >= 4 * SESSION_CACHE_SIZE {
-            // The inner cache evicts on its own; keep the birth dates near it.
-            born.retain(|_, at| at.elapsed() < self.ttl);
+        let mut sessions = self.sessions();
+        let Sessions { by_key, order } = &mut *sessions;
+        while by_key.len() >= SESSION_CACHE_SIZE {
+            let Some(oldest) = order.pop_front() else { break };
+            by_key.remove(&oldest);
         }
-        born.insert(key.clone(), Instant::now());
-        drop(born);
-        self.inner.put(key, value)
+        if order.len() >= 2 * SESSION_CACHE_SIZE {
+            // Keys taken (resumed) since they were stored.
+            order.retain(|key| by_key.contains_key(key));
+        }
+        if by_key.insert(key.clone(), (value, Instant::now())).is_none() {
+            order.push_back(key);
+        }
+        true
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        if self.fresh(key) { self.inner.get(key) } else { None }
+        self.sessions().by_key.get(key).filter(|stored| self.fresh(stored)).map(|stored| stored.0.clone())
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        if self.fresh(key) { self.inner.take(key) } else { None }
+        self.sessions().by_key.remove(key).filter(|stored| self.fresh(stored)).map(|stored| stored.0)
     }
 
     fn can_cache(&self) -> bool {
@@ -385,6 +576,89 @@ mod tests {
         assert!(issuer.reason.contains("trusted authority"), "{}", issuer.reason);
         let version = describe_error(&TlsError::AlertReceived(rustls::AlertDescription::ProtocolVersion), "a", range);
         assert!(version.reason.contains("no TLS version"), "{}", version.reason);
+    }
+
+    fn with_context(context: u64) -> SocketOptions {
+        let mut options = SocketOptions::default();
+        let policy = Policy::builtin_default();
+        options.set(&policy, crate::options::Phase::Unconnected, wire::TLS_CONTEXT, &context.to_le_bytes()).unwrap();
+        options
+    }
+
+    #[test]
+    fn unused_configs_are_evicted_and_used_ones_bounded() {
+        let mut policy = Policy::builtin_default();
+        policy.limits.max_sockets = 100;
+        let context = ClientContext::new(Arc::new(policy));
+        // Ever new contexts, none kept: the cache keeps a few idle ones only.
+        for i in 0..1000 {
+            context.config(&with_context(i)).unwrap();
+        }
+        let cached = context.configs.lock().unwrap().entries.len();
+        assert!(cached <= MAX_IDLE_CONFIGS + 1, "{cached} configurations cached");
+        assert_eq!(context.budget().configs_bytes(), cached as u64 * CONFIG_CHARGE_BYTES);
+        // Configurations in use stay, up to max_sockets; then ENOBUFS.
+        let held: Vec<_> = (0..100).map(|i| context.config(&with_context(10_000 + i)).unwrap()).collect();
+        let refused = context.config(&with_context(20_000)).unwrap_err();
+        assert_eq!(refused.errno, Errno::ENOBUFS);
+        assert!(refused.reason.contains("TLS configurations in use (100") && refused.reason.contains("max_sockets = 100"), "{}", refused.reason);
+        // One in use is still shared.
+        assert!(Arc::ptr_eq(&context.config(&with_context(10_000)).unwrap(), &held[0]));
+        drop(held);
+        context.config(&with_context(20_000)).unwrap();
+    }
+
+    #[test]
+    fn configs_are_charged_to_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["www.test".to_owned()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("www.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("www.key"), key.serialize_pem()).unwrap();
+        let text = "[limits]\nvm_buffer_mib = 1\n[[server.identities]]\ncertificate_chain = \"www.pem\"\nprivate_key = \"www.key\"\n";
+        let policy = Arc::new(Policy::from_toml_str(text, "test", dir.path()).unwrap());
+        let budget = Arc::new(MemoryBudget::new(&policy.limits));
+        let client = ClientContext::with_budget(policy.clone(), budget.clone());
+        let server = ServerContext::with_budget(policy, budget.clone());
+        // Sockets reserve most of it.
+        assert!(budget.socket_fits(2, 256 * 1024));
+        let held: Vec<_> = (0..16).map(|i| client.config(&with_context(i)).unwrap()).collect();
+        assert_eq!(budget.configs_bytes(), 16 * CONFIG_CHARGE_BYTES);
+        let refused = client.config(&with_context(99)).unwrap_err();
+        assert_eq!(refused.errno, Errno::ENOBUFS);
+        assert!(refused.reason.contains("vm_buffer_mib = 1 is reserved"), "{}", refused.reason);
+        assert!(!budget.socket_fits(3, 256 * 1024), "the configurations took the fourth socket's room");
+        // The server context shares the budget.
+        let refused = server.config(&with_context(1)).unwrap_err();
+        assert_eq!(refused.errno, Errno::ENOBUFS, "{}", refused.reason);
+        drop(held);
+        client.config(&with_context(99)).unwrap();
+        let listening = server.config(&with_context(1)).unwrap();
+        assert!(budget.configs_bytes() > CONFIG_CHARGE_BYTES, "the server's configuration is charged too");
+        drop(listening);
+        assert!(budget.configs_bytes() <= (MAX_IDLE_CONFIGS as u64) * CONFIG_CHARGE_BYTES);
+    }
+
+    #[test]
+    fn session_cache_is_bounded_and_expires() {
+        use rustls::server::StoresServerSessions;
+        let cache = ExpiringSessionCache::new(Duration::from_secs(60));
+        for i in 0..3 * SESSION_CACHE_SIZE as u32 {
+            assert!(cache.put(i.to_le_bytes().to_vec(), vec![1; 10]));
+            if i % 2 == 0 {
+                cache.take(&i.to_le_bytes());
+            }
+        }
+        let sessions = cache.sessions();
+        assert!(sessions.by_key.len() <= SESSION_CACHE_SIZE && sessions.order.len() <= 2 * SESSION_CACHE_SIZE);
+        drop(sessions);
+        let last = (3 * SESSION_CACHE_SIZE as u32 - 1).to_le_bytes();
+        assert_eq!(cache.get(&last), Some(vec![1; 10]));
+        assert_eq!(cache.get(&0u32.to_le_bytes()), None);
+        let expired = ExpiringSessionCache::new(Duration::from_nanos(1));
+        expired.put(b"k".to_vec(), b"v".to_vec());
+        std::thread::sleep(Duration::from_millis(1));
+        assert_eq!(expired.get(b"k"), None);
     }
 
     #[test]

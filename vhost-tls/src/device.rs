@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tls_engine::destination::{self, Destination};
 use tls_engine::errno::{Errno, Failure};
 use tls_engine::getopt::{option_value, SocketState};
-use tls_engine::limits::{admit_handshake, HandshakeRefusal};
+use tls_engine::limits::{admit_handshake, HandshakeRefusal, MemoryBudget};
 use tls_engine::options::{parse_hostname, Phase as OptionPhase};
 use tls_engine::tls::{ClientContext, ServerContext};
 use tls_engine::Policy;
@@ -99,6 +99,9 @@ pub struct Device {
     /// The policy for new sessions; open ones hold their own.
     context: Arc<ClientContext>,
     server_context: ServerContext,
+    /// vm_buffer_mib: socket buffers and the contexts' cached TLS
+    /// configurations.
+    budget: Arc<MemoryBudget>,
     /// 1 at start, one more per reload.
     policy_generation: u64,
     telemetry: Telemetry,
@@ -136,14 +139,16 @@ impl Device {
         poll.registry().register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         let (resolutions_tx, resolutions_rx) = channel();
         let policy_rate = policy.limits.handshakes_per_second;
+        let budget = Arc::new(MemoryBudget::new(&policy.limits));
         Ok(Device {
             rx_waiting: vec![BTreeSet::new(); shape.queue_pairs as usize],
             broken_queues: BrokenQueues::new(wire::num_queues(shape.queue_pairs) as usize),
             listeners_to_serve: BTreeSet::new(),
             accepting: false,
             shape,
-            server_context: ServerContext::new(policy.clone()),
-            context: Arc::new(ClientContext::new(policy)),
+            server_context: ServerContext::with_budget(policy.clone(), budget.clone()),
+            context: Arc::new(ClientContext::with_budget(policy, budget.clone())),
+            budget,
             policy_generation: 1,
             telemetry: Telemetry::default(),
             mem: None,
@@ -257,7 +262,8 @@ impl Device {
                 policy.limits.socket_buffer_bytes
             ));
         }
-        let server_context = ServerContext::new(policy.clone());
+        self.budget.set_limits(&policy.limits);
+        let server_context = ServerContext::with_budget(policy.clone(), self.budget.clone());
         for socket in self.sockets.values_mut() {
             let Some(listener) = socket.listener.as_mut().filter(|listener| listener.is_listening()) else { continue };
             match server_context.config(&socket.options) {
@@ -272,7 +278,7 @@ impl Device {
             }
         }
         self.server_context = server_context;
-        self.context = Arc::new(ClientContext::new(policy));
+        self.context = Arc::new(ClientContext::with_budget(policy, self.budget.clone()));
         self.policy_generation += 1;
         self.telemetry.metrics.reloads_ok += 1;
         tracing::info!(generation = self.policy_generation, "policy reloaded");
@@ -488,10 +494,15 @@ impl Device {
             self.limit_warnings.sockets.warn(&format!("max_sockets = {}: CREATE fails with EMFILE", limits.max_sockets));
             return Err(Errno::EMFILE);
         }
-        if !limits.buffers_fit(self.sockets.len() + 1) {
+        if !self.budget.socket_fits(self.sockets.len(), limits.socket_buffer_bytes) {
             self.limit_warnings
                 .buffer_memory
-                .warn(&format!("vm_buffer_mib = {} is reserved by {} sockets: CREATE fails with ENOBUFS", limits.vm_buffer_mib, self.sockets.len()));
+                .warn(&format!(
+                    "vm_buffer_mib = {} is reserved by {} sockets and {} KiB of TLS configurations: CREATE fails with ENOBUFS",
+                    limits.vm_buffer_mib,
+                    self.sockets.len(),
+                    self.budget.configs_bytes() / 1024
+                ));
             return Err(Errno::ENOBUFS);
         }
         let id = self.allocate_id();
@@ -797,7 +808,7 @@ impl Device {
             // The VM's limits hold for handshakes it serves too; clients
             // over them wait in the host's accept queue (the timer retries).
             let limits = &self.context.policy().limits;
-            if !limits.buffers_fit(self.sockets.len() + 1) {
+            if !self.budget.socket_fits(self.sockets.len(), limits.socket_buffer_bytes) {
                 self.limit_warnings.buffer_memory.warn("vm_buffer_mib reached: incoming connections wait");
                 return;
             }

@@ -82,7 +82,7 @@ fn an_empty_policy_is_the_builtin_default() {
             connect_timeout_secs: 30,
             max_pending_handshakes: 256,
             handshakes_per_second: 1000,
-            vm_buffer_mib: 256,
+            vm_buffer_mib: 272,
         }
     );
     assert!(!policy.roots.is_empty(), "system roots, or webpki-roots without them");
@@ -98,7 +98,7 @@ fn the_builtin_destinations_allow_remote_and_deny_host_local() {
     let d = Policy::builtin_default().destinations;
     assert_eq!(d.check(Some("example.com"), ip("93.184.215.14"), 443), Verdict::Allow);
     assert_eq!(d.check(None, ip("2001:db8::1"), 443), Verdict::Allow);
-    assert_denied(d.check(None, ip("127.0.0.1"), 443), "host-local address 127.0.0.1 is denied unless a rule allows it");
+    assert_denied(d.check(None, ip("127.0.0.1"), 443), "a host-local address (loopback, link-local or one of the host's own) is denied unless a rule allows it by address");
 }
 
 // --- errors and their lines -----------------------------------------------------
@@ -545,7 +545,7 @@ fn host_local_addresses_are_denied_unless_a_rule_allows_them() {
     for addr in local {
         assert_denied(d.check(Some("localhost"), ip(addr), 443), "host-local address");
     }
-    assert_denied(d.check(None, ip("::ffff:127.0.0.1"), 443), "host-local address 127.0.0.1 is denied unless a rule allows it");
+    assert_denied(d.check(None, ip("::ffff:127.0.0.1"), 443), "a host-local address (loopback, link-local or one of the host's own) is denied unless a rule allows it by address");
     for remote in ["198.51.100.1", "1.0.0.1", "126.255.255.255", "128.0.0.1", "169.253.0.1", "fec0::1", "fe7f::1", "2001:db8::1", "::2"] {
         assert_eq!(d.check(None, ip(remote), 443), Verdict::Allow, "{remote}");
     }
@@ -559,13 +559,81 @@ fn host_local_addresses_are_denied_unless_a_rule_allows_them() {
     assert_eq!(allowed.check(None, ip("::1"), 8443), Verdict::Allow);
     assert_denied(allowed.check(None, ip("127.0.0.1"), 8444), "host-local");
     assert_denied(allowed.check(None, ip("169.254.169.254"), 8443), "host-local");
-    // So can a rule by name, for the addresses the name resolved to.
-    let by_name = destinations("[[destinations.rules]]\naction = \"allow\"\nhosts = [\"localhost\"]\n");
-    assert_eq!(by_name.check(Some("localhost"), ip("127.0.0.1"), 443), Verdict::Allow);
+    // A rule by name (or port) alone never does: a name resolves wherever
+    // its owner (or the guest's DNS answers) say, the host's metadata
+    // service or loopback included.
+    let by_name = destinations(
+        "[destinations]\ndefault = \"deny\"\n[[destinations.rules]]\naction = \"allow\"\nhosts = [\"localhost\", \"metadata.test\"]\n\
+         [[destinations.rules]]\naction = \"allow\"\nports = [8443]\n",
+    );
+    assert_denied(by_name.check(Some("localhost"), ip("127.0.0.1"), 443), "host-local");
+    assert_denied(by_name.check(Some("metadata.test"), ip("169.254.169.254"), 80), "host-local");
+    assert_denied(by_name.check(Some("localhost"), ip("::1"), 8443), "host-local");
     assert_denied(by_name.check(None, ip("127.0.0.1"), 443), "host-local");
+    assert_eq!(by_name.check(Some("metadata.test"), ip("198.51.100.1"), 443), Verdict::Allow);
+    // Name and address together: the address is explicit.
+    let both = destinations(
+        "[destinations]\ndefault = \"deny\"\n[[destinations.rules]]\naction = \"allow\"\nhosts = [\"localhost\"]\naddresses = [\"127.0.0.1\"]\n",
+    );
+    assert_eq!(both.check(Some("localhost"), ip("127.0.0.1"), 443), Verdict::Allow);
+    assert_denied(both.check(None, ip("127.0.0.1"), 443), "host-local");
     // An explicit deny rule names itself rather than the host-local default.
     let deny = destinations("[[destinations.rules]]\naction = \"deny\"\nports = [443]\n");
     assert_denied(deny.check(None, ip("127.0.0.1"), 443), "denied by destinations rule 1 (line 1)");
+}
+
+#[test]
+fn the_hosts_own_interface_addresses_are_host_local() {
+    let interfaces = [ip("192.0.2.2"), ip("fd00::2"), ip("10.1.2.3")];
+    let check = |d: &DestinationPolicy, addr: &str, port: u16| d.verdict(&Names::of(Some("host.test"), None), ip(addr), port, &interfaces);
+    let d = destinations("[destinations]\ndefault = \"allow\"\n[[destinations.rules]]\naction = \"allow\"\nhosts = [\"host.test\"]\n");
+    for own in ["192.0.2.2", "::ffff:192.0.2.2", "fd00::2", "10.1.2.3"] {
+        assert_denied(check(&d, own, 443), "host-local");
+    }
+    for other in ["192.0.2.3", "fd00::3", "10.1.2.4"] {
+        assert_eq!(check(&d, other, 443), Verdict::Allow, "{other}");
+    }
+    // An address rule opens them.
+    let allowed = destinations("[[destinations.rules]]\naction = \"allow\"\naddresses = [\"192.0.2.2\"]\n");
+    assert_eq!(check(&allowed, "192.0.2.2", 443), Verdict::Allow);
+    assert_denied(check(&allowed, "10.1.2.3", 443), "host-local");
+    // The real list is read from the host's interfaces: loopback at least.
+    let read = crate::host_addresses::read().expect("getifaddrs");
+    assert!(read.contains(&ip("127.0.0.1")), "{read:?}");
+    assert!(crate::host_addresses::current().contains(&ip("127.0.0.1")));
+}
+
+#[test]
+fn names_no_rule_could_allow_are_refused_before_resolving() {
+    let d = destinations(
+        r#"[destinations]
+default = "deny"
+[[destinations.rules]]
+action = "deny"
+hosts = ["blocked.example.com"]
+[[destinations.rules]]
+action = "deny"
+addresses = ["10.0.0.0/8"]
+[[destinations.rules]]
+action = "allow"
+hosts = ["*.example.com"]
+ports = [443]
+"#,
+    );
+    assert_denied(d.check_name("probe.invalid", None, 443), "no destinations rule allows it and the default is deny");
+    assert_denied(d.check_name("blocked.example.com", None, 443), "denied by destinations rule 1 (line 3)");
+    assert_denied(d.check_name("www.example.com", None, 80), "default is deny");
+    assert_denied(d.check_name("www.example.com", Some("evil.test"), 443), "default is deny");
+    // Could resolve to an allowed address: resolve, then check each.
+    assert_eq!(d.check_name("www.example.com", None, 443), Verdict::Allow);
+    // An address rule can allow any name, an address deny rule not deny all.
+    let by_address = destinations("[destinations]\ndefault = \"deny\"\n[[destinations.rules]]\naction = \"allow\"\naddresses = [\"192.0.2.0/24\"]\n");
+    assert_eq!(by_address.check_name("probe.invalid", None, 443), Verdict::Allow);
+    let default_allow = destinations("[destinations]\ndefault = \"allow\"\n[[destinations.rules]]\naction = \"deny\"\naddresses = [\"0.0.0.0/0\"]\n");
+    assert_eq!(default_allow.check_name("probe.invalid", None, 443), Verdict::Allow);
+    // A deny rule by port alone decides for every address.
+    let port_denied = destinations("[[destinations.rules]]\naction = \"deny\"\nports = [25]\n");
+    assert_denied(port_denied.check_name("mail.test", None, 25), "rule 1 (line 1)");
 }
 
 #[test]
