@@ -63,9 +63,11 @@ pub fn disposition(family: Family, access: Access, level: u32, optname: u32, val
         SOL_SOCKET => socket_level(access, optname, value),
         SOL_TCP => tcp_level(set, optname),
         SOL_IP => ip_level(set, optname),
-        // A TCP socket of family AF_INET has no IPPROTO_IPV6 options at all.
-        SOL_IPV6 if family == Family::Inet => Disposition::Fail(Errno::ENOPROTOOPT),
-        SOL_IPV6 => ipv6_level(set, optname),
+        SOL_IPV6 if family == Family::Inet6 => ipv6_level(set, optname),
+        // Another level (IPPROTO_IPV6 on AF_INET included): Linux's TCP
+        // hands it to IPv4's or IPv6's code, which knows none. IPv4's
+        // answers a read with EOPNOTSUPP (ip_getsockopt).
+        _ if family == Family::Inet && !set => Disposition::Fail(Errno::EOPNOTSUPP),
         _ => Disposition::Fail(Errno::ENOPROTOOPT),
     }
 }
@@ -307,6 +309,8 @@ mod tests {
         assert_eq!(set(SOL_TCP, 99), Disposition::Fail(Errno::ENOPROTOOPT));
         assert_eq!(set(SOL_IP, 27), Disposition::Fail(Errno::ENOPROTOOPT));
         assert_eq!(set(200, 1), Disposition::Fail(Errno::ENOPROTOOPT));
+        assert_eq!(disposition(Family::Inet, Access::Get, SOL_IPV6, IPV6_MTU, &[]), Disposition::Fail(Errno::EOPNOTSUPP));
+        assert_eq!(disposition(Family::Inet6, Access::Get, 200, 1, &[]), Disposition::Fail(Errno::ENOPROTOOPT));
         assert_eq!(set(SOL_SOCKET, SO_ZEROCOPY), Disposition::Fail(Errno::EOPNOTSUPP));
         assert_eq!(set(SOL_SOCKET, SO_RCVBUF), Disposition::Own);
         assert_eq!(disposition(Family::Inet, Access::Get, SOL_SOCKET, SO_PROTOCOL, &[]), Disposition::Protocol);
