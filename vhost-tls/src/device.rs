@@ -710,6 +710,7 @@ impl Device {
             Ok(listener) => {
                 tracing::info!(socket = id, guest_port = mapping.guest_port, host = %mapping.host, "bound");
                 socket.listener = Some(listener);
+                socket.host_socket_created();
                 socket.phase = Phase::Bound;
                 Ok(())
             }

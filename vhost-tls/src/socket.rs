@@ -237,6 +237,8 @@ impl Socket {
             self.current_addr = Some(addr);
             match self.start_stream(addr) {
                 Ok(mut stream) => {
+                    // The host socket answers for itself from now on.
+                    self.stand_in = None;
                     if let Err(e) = registry.register(&mut stream, self.token(), Interest::READABLE | Interest::WRITABLE) {
                         return Err(Failure::new(Errno::ENOBUFS, format!("cannot watch the connection: {e}")));
                     }
@@ -271,6 +273,11 @@ impl Socket {
             return Some(stream.as_fd());
         }
         self.listener.as_ref().and_then(Listener::host_socket)
+    }
+
+    /// A server socket's host socket exists (BIND): the stand-in goes.
+    pub fn host_socket_created(&mut self) {
+        self.stand_in = None;
     }
 
     /// The socket that answers for the host socket: the host socket, or
