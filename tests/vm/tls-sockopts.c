@@ -9,11 +9,13 @@
  * program on 127.0.0.1; TLS: to the TLS server at 127.0.0.1:PEER_PORT);
  * accepted (TLS: a child process connects to the TLS listener); listening.
  *
- * tls-sockopts PEER_PORT LISTEN_PORT
+ * tls-sockopts PEER_PORT LISTEN_PORT [PEER_PORT6 LISTEN_PORT6]
  *   PEER_PORT    a TLS server on the host's 127.0.0.1 (openssl s_server)
  *   LISTEN_PORT  the port the TLS listener binds (0.0.0.0); clients reach
  *                it at 127.0.0.1:LISTEN_PORT (in a guest: the host address
  *                the policy maps it to must be 127.0.0.1:LISTEN_PORT)
+ *   PEER_PORT6, LISTEN_PORT6: the same on ::1, for AF_INET6 sockets (the
+ *                TCP sockets then use ::1 as well)
  * Runs in a vhost-tls guest (virtio_tls.ko) and on a host under
  * LD_PRELOAD=libipprototls.so. Ends with "tls-sockopts: N failure(s)". */
 #define _GNU_SOURCE
@@ -163,11 +165,10 @@ static const struct option table[] = {
 	{ "netfilter IPT_SO_GET_INFO", SOL_IP_, 64, GET, 64, NULL, 0, TLS_ONLY, EPERM, 0 },
 	INT_SET(IP option 27, SOL_IP_, 27, 1, SAME),
 	INT_GET(IP option 27 (get), SOL_IP_, 27, SAME),
-	/* IPPROTO_IPV6 on AF_INET sockets: ENOPROTOOPT to set, EOPNOTSUPP to
-	 * read (Linux's ip_getsockopt), for both. */
+	/* IPPROTO_IPV6 (more in ipv6_table). On AF_INET sockets: ENOPROTOOPT
+	 * to set, EOPNOTSUPP to read (Linux's ip_getsockopt), for both. */
 	INT_SET(IPV6_V6ONLY, SOL_IPV6_, 26, 1, SAME),
 	INT_SET(IPV6_TCLASS, SOL_IPV6_, 67, 8, SAME),
-	INT_SET(IPV6_RTHDR, SOL_IPV6_, 57, 0, SAME),
 	INT_GET(IPV6_MTU, SOL_IPV6_, 24, SAME),
 	/* Another level altogether. */
 	INT_SET(level 200, 200, 1, 1, SAME),
@@ -225,6 +226,45 @@ static const struct option table[] = {
 	INT_SET(SOL_SOCKET option 999, SOL_SOCKET_, 999, 1, SAME),
 };
 
+/* IPPROTO_IPV6 options. On AF_INET sockets every one must answer as on
+ * TCP (ENOPROTOOPT, EOPNOTSUPP), whatever `expect` says for AF_INET6. */
+static const struct option ipv6_table[] = {
+	INT_SET(IPV6_UNICAST_HOPS, SOL_IPV6_, 16, 33, SAME),
+	INT_SET(IPV6_MULTICAST_HOPS, SOL_IPV6_, 18, 3, SAME),
+	INT_SET(IPV6_MULTICAST_LOOP, SOL_IPV6_, 19, 0, SAME),
+	INT_SET(IPV6_MTU_DISCOVER, SOL_IPV6_, 23, 2, SAME),
+	INT_SET(IPV6_RECVERR, SOL_IPV6_, 25, 1, SAME),
+	INT_SET(IPV6_MULTICAST_ALL, SOL_IPV6_, 29, 0, SAME),
+	INT_SET(IPV6_FLOWINFO_SEND, SOL_IPV6_, 33, 1, SAME),
+	INT_SET(IPV6_RECVPKTINFO, SOL_IPV6_, 49, 1, SAME),
+	INT_SET(IPV6_RECVHOPLIMIT, SOL_IPV6_, 51, 1, SAME),
+	INT_SET(IPV6_RECVTCLASS, SOL_IPV6_, 66, 1, SAME),
+	INT_SET(IPV6_DONTFRAG, SOL_IPV6_, 62, 1, SAME),
+	INT_SET(IPV6_AUTOFLOWLABEL, SOL_IPV6_, 70, 0, SAME),
+	INT_SET(IPV6_ADDR_PREFERENCES, SOL_IPV6_, 72, 2, SAME),
+	INT_SET(IPV6_MINHOPCOUNT, SOL_IPV6_, 73, 1, SAME),
+	INT_SET(IPV6_CHECKSUM, SOL_IPV6_, 7, 1, SAME),
+	INT_SET(IPV6_HDRINCL, SOL_IPV6_, 36, 1, SAME),
+	INT_GET(IPV6_PATHMTU, SOL_IPV6_, 61, SAME_RET),
+	INT_GET(IPV6_HOPLIMIT, SOL_IPV6_, 52, SAME),
+	INT_SET(IPV6 option 99, SOL_IPV6_, 99, 1, SAME),
+	INT_GET(IPV6 option 99 (get), SOL_IPV6_, 99, SAME),
+	{ "IPV6_ADDRFORM", SOL_IPV6_, 1, SET, 4, NULL, AF_INET, TLS_ONLY, EOPNOTSUPP, 0 },
+	REFUSED(IPV6_RTHDR, SOL_IPV6_, 57, 8, zeros),
+	REFUSED(IPV6_HOPOPTS, SOL_IPV6_, 54, 8, zeros),
+	REFUSED(IPV6_PKTINFO, SOL_IPV6_, 50, 20, zeros),
+	REFUSED(IPV6_NEXTHOP, SOL_IPV6_, 9, 28, zeros),
+	INT_REFUSED(IPV6_TRANSPARENT, SOL_IPV6_, 75, 1),
+	INT_REFUSED(IPV6_FREEBIND, SOL_IPV6_, 78, 1),
+	INT_REFUSED(IPV6_UNICAST_IF, SOL_IPV6_, 76, 1),
+	INT_REFUSED(IPV6_MULTICAST_IF, SOL_IPV6_, 17, 1),
+	REFUSED(IPV6_JOIN_ANYCAST, SOL_IPV6_, 27, 20, zeros),
+	REFUSED(IPV6_ADD_MEMBERSHIP, SOL_IPV6_, 20, 20, zeros),
+	REFUSED(IPV6_FLOWLABEL_MGR, SOL_IPV6_, 32, 32, zeros),
+	REFUSED(IPV6_XFRM_POLICY, SOL_IPV6_, 35, 64, zeros),
+	{ "netfilter IP6T_SO_GET_INFO", SOL_IPV6_, 64, GET, 64, NULL, 0, TLS_ONLY, EPERM, 0 },
+};
+
 /* One answer: return value, errno, the bytes read back (GET, or after a
  * successful SET), and how the read-back went. */
 struct answer {
@@ -266,17 +306,19 @@ static void describe(const char *who, const struct answer *a)
 	printf("\n");
 }
 
-static void run_table(const char *state, int tcp, int tls)
+static void run_options(const char *state, int family, int tcp, int tls, const struct option *options, size_t count)
 {
 	char what[200];
 
-	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
-		const struct option *o = &table[i];
+	for (size_t i = 0; i < count; i++) {
+		const struct option *o = &options[i];
 		struct answer t = { 0 }, s;
+		/* An AF_INET socket has no IPPROTO_IPV6 option: as TCP, always. */
+		enum expect expect = family == AF_INET && o->level == SOL_IPV6_ ? SAME : o->expect;
 		int ok;
 
 		ask(tls, o, &s);
-		switch (o->expect) {
+		switch (expect) {
 		case TLS_ONLY:
 			ok = o->tls_errno ? (s.ret == -1 && s.err == o->tls_errno) : s.ret == 0;
 			snprintf(what, sizeof(what), "%s: %s on the TLS socket: %s", state, o->name,
@@ -291,41 +333,60 @@ static void run_table(const char *state, int tcp, int tls)
 		default:
 			ask(tcp, o, &t);
 			ok = s.ret == t.ret && s.err == t.err && s.get_ret == t.get_ret && s.get_err == t.get_err;
-			if (ok && o->expect == SAME && s.get_ret == 0)
+			if (ok && expect == SAME && s.get_ret == 0)
 				ok = s.len == t.len && memcmp(s.value, t.value, s.len) == 0;
 			snprintf(what, sizeof(what), "%s: %s as on TCP (%s%s)", state, o->name, s.ret ? strerror(s.err) : "0",
-				 o->expect == SAME_RET ? ", any value" : "");
+				 expect == SAME_RET ? ", any value" : "");
 			break;
 		}
 		errno = 0;
 		check(ok, what);
 		if (!ok) {
-			if (o->expect != TLS_ONLY)
+			if (expect != TLS_ONLY)
 				describe("TCP", &t);
 			describe("TLS", &s);
 		}
 	}
 }
 
-static struct sockaddr_in loopback(int port)
+static void run_table(const char *state, int family, int tcp, int tls)
 {
-	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(port) };
-	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	return addr;
+	char label[64];
+
+	snprintf(label, sizeof(label), "%s %s", family == AF_INET ? "IPv4" : "IPv6", state);
+	run_options(label, family, tcp, tls, table, sizeof(table) / sizeof(table[0]));
+	run_options(label, family, tcp, tls, ipv6_table, sizeof(ipv6_table) / sizeof(ipv6_table[0]));
 }
 
-static int listening(int protocol, int port)
+/* The loopback address of `family` (the wildcard one for a TLS listener,
+ * whose host address the policy decides) and `port`. */
+static socklen_t loopback(int family, int port, int wildcard, struct sockaddr_storage *storage)
 {
-	struct sockaddr_in addr = loopback(port);
-	int fd = socket(AF_INET, SOCK_STREAM, protocol);
+	memset(storage, 0, sizeof(*storage));
+	if (family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)storage;
+		in->sin_family = AF_INET;
+		in->sin_port = htons(port);
+		in->sin_addr.s_addr = htonl(wildcard ? INADDR_ANY : INADDR_LOOPBACK);
+		return sizeof(*in);
+	}
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)storage;
+	in6->sin6_family = AF_INET6;
+	in6->sin6_port = htons(port);
+	in6->sin6_addr = wildcard ? in6addr_any : in6addr_loopback;
+	return sizeof(*in6);
+}
 
+static int listening(int family, int protocol, int port)
+{
+	struct sockaddr_storage addr;
+	socklen_t len = loopback(family, port, protocol == IPPROTO_TLS, &addr);
+	int fd = socket(family, SOCK_STREAM, protocol);
 	int on = 1;
 
-	if (protocol == IPPROTO_TLS)
-		addr.sin_addr.s_addr = htonl(INADDR_ANY);
 	/* Before bind: a port of an earlier run may be in TIME_WAIT. */
 	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) ||
-	    bind(fd, (struct sockaddr *)&addr, sizeof(addr)) || listen(fd, 8)) {
+	    bind(fd, (struct sockaddr *)&addr, len) || listen(fd, 8)) {
 		check(0, protocol == IPPROTO_TLS ? "a TLS listener" : "a TCP listener");
 		exit(1);
 	}
@@ -334,65 +395,59 @@ static int listening(int protocol, int port)
 
 static int port_of(int fd)
 {
-	struct sockaddr_in addr;
+	struct sockaddr_storage addr;
 	socklen_t len = sizeof(addr);
 
 	getsockname(fd, (struct sockaddr *)&addr, &len);
-	return ntohs(addr.sin_port);
+	/* sin_port and sin6_port are at the same offset. */
+	return ntohs(((struct sockaddr_in *)&addr)->sin_port);
 }
 
-static int connected(int protocol, int port)
+static int connected(int family, int protocol, int port)
 {
-	struct sockaddr_in addr = loopback(port);
-	int fd = socket(AF_INET, SOCK_STREAM, protocol);
+	struct sockaddr_storage addr;
+	socklen_t len = loopback(family, port, 0, &addr);
+	int fd = socket(family, SOCK_STREAM, protocol);
 
-	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
+	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, len)) {
 		check(0, protocol == IPPROTO_TLS ? "a TLS connection" : "a TCP connection");
 		exit(1);
 	}
 	return fd;
 }
 
-int main(int argc, char **argv)
+/* The four states for sockets of `family`. */
+static void run_states(int family, int peer_port, int listen_port)
 {
-	int peer_port, listen_port, tcp_listener, tcp, tls, tcp_client, tls_listener, status;
+	int tcp_listener, tcp, tls, tcp_peer, tls_listener, status;
 	pid_t child;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s PEER_PORT LISTEN_PORT\n", argv[0]);
-		return 2;
-	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	signal(SIGPIPE, SIG_IGN);
-	peer_port = atoi(argv[1]);
-	listen_port = atoi(argv[2]);
-
 	/* Unconnected. */
-	tcp = socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
-	tls = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+	tcp = socket(family, SOCK_STREAM, IPPROTO_TCP);
+	tls = socket(family, SOCK_STREAM, IPPROTO_TLS);
 	check(tcp >= 0 && tls >= 0, "a TCP and a TLS socket");
-	run_table("unconnected", tcp, tls);
+	run_table("unconnected", family, tcp, tls);
 	close(tcp);
 	close(tls);
 
 	/* Connected clients. */
-	tcp_listener = listening(IPPROTO_TCP, 0);
-	tcp = connected(IPPROTO_TCP, port_of(tcp_listener));
-	tcp_client = accept(tcp_listener, NULL, NULL);
-	tls = connected(IPPROTO_TLS, peer_port);
-	run_table("connected", tcp, tls);
+	tcp_listener = listening(family, IPPROTO_TCP, 0);
+	tcp = connected(family, IPPROTO_TCP, port_of(tcp_listener));
+	tcp_peer = accept(tcp_listener, NULL, NULL);
+	tls = connected(family, IPPROTO_TLS, peer_port);
+	run_table("connected", family, tcp, tls);
 	close(tcp);
-	close(tcp_client);
+	close(tcp_peer);
 	close(tls);
 
 	/* Accepted: TCP from this program's client, TLS from a child's. */
-	tcp_client = connected(IPPROTO_TCP, port_of(tcp_listener));
+	tcp_peer = connected(family, IPPROTO_TCP, port_of(tcp_listener));
 	tcp = accept(tcp_listener, NULL, NULL);
-	tls_listener = listening(IPPROTO_TLS, listen_port);
+	tls_listener = listening(family, IPPROTO_TLS, listen_port);
 	child = fork();
 	if (child == 0) {
 		char byte;
-		int fd = connected(IPPROTO_TLS, listen_port);
+		int fd = connected(family, IPPROTO_TLS, listen_port);
 
 		while (read(fd, &byte, 1) > 0)
 			;
@@ -400,18 +455,30 @@ int main(int argc, char **argv)
 	}
 	tls = accept(tls_listener, NULL, NULL);
 	check(tcp >= 0 && tls >= 0, "accepted a TCP and a TLS connection");
-	run_table("accepted", tcp, tls);
+	run_table("accepted", family, tcp, tls);
 	close(tcp);
 	close(tls);
-	close(tcp_client);
+	close(tcp_peer);
 	check(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0,
 	      "the TLS client saw the accepted socket close");
 
 	/* Listening. */
-	run_table("listening", tcp_listener, tls_listener);
+	run_table("listening", family, tcp_listener, tls_listener);
 	close(tcp_listener);
 	close(tls_listener);
+}
 
+int main(int argc, char **argv)
+{
+	if (argc != 3 && argc != 5) {
+		fprintf(stderr, "usage: %s PEER_PORT LISTEN_PORT [PEER_PORT6 LISTEN_PORT6]\n", argv[0]);
+		return 2;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	signal(SIGPIPE, SIG_IGN);
+	run_states(AF_INET, atoi(argv[1]), atoi(argv[2]));
+	if (argc == 5)
+		run_states(AF_INET6, atoi(argv[3]), atoi(argv[4]));
 	printf("tls-sockopts: %d failure(s)\n", failures);
 	return failures != 0;
 }
