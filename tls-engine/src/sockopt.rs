@@ -104,8 +104,13 @@ fn tcp_level(set: bool, optname: u32) -> Disposition {
     match optname {
         TCP_NODELAY | TCP_MAXSEG | TCP_CORK | TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT | TCP_SYNCNT | TCP_LINGER2
         | TCP_DEFER_ACCEPT | TCP_WINDOW_CLAMP | TCP_QUICKACK | TCP_THIN_LINEAR_TIMEOUTS | TCP_THIN_DUPACK
-        | TCP_USER_TIMEOUT | TCP_FASTOPEN | TCP_NOTSENT_LOWAT | TCP_SAVE_SYN | TCP_FASTOPEN_CONNECT
-        | TCP_FASTOPEN_NO_COOKIE => Disposition::Host,
+        | TCP_USER_TIMEOUT | TCP_FASTOPEN | TCP_NOTSENT_LOWAT | TCP_SAVE_SYN | TCP_FASTOPEN_NO_COOKIE => {
+            Disposition::Host
+        }
+        // The host connection is not opened with Fast Open (its connect
+        // would then wait for a first write that the handshake never
+        // starts): Linux's answer when client Fast Open is turned off.
+        TCP_FASTOPEN_CONNECT => Disposition::Fail(Errno::EOPNOTSUPP),
         // Read-only for TCP too: Linux answers ENOPROTOOPT to a SET.
         TCP_INFO | TCP_CC_INFO | TCP_SAVED_SYN | TCP_IS_MPTCP => Disposition::Host,
         TCP_CONGESTION | TCP_TIMESTAMP if !set => Disposition::Host,

@@ -94,7 +94,11 @@ impl Listener {
         let Some(listener) = &self.listening else { return Ok(None) };
         loop {
             match listener.accept() {
-                Ok(accepted) => return Ok(Some(accepted)),
+                Ok(accepted) => {
+                    // Inherited from the listener; closing must not block.
+                    crate::sockopt::never_block_close(accepted.0.as_fd());
+                    return Ok(Some(accepted));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

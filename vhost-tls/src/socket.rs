@@ -544,11 +544,20 @@ impl Socket {
     pub fn drop_connection(&mut self, registry: &Registry) {
         if let Some(mut stream) = self.stream.take() {
             let _ = registry.deregister(&mut stream);
+            sockopt::never_block_close(stream.as_fd());
         }
         if let Some(mut listener) = self.listener.take() {
             listener.stop(registry);
         }
         self.tls = None;
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Some(stream) = &self.stream {
+            sockopt::never_block_close(stream.as_fd());
+        }
     }
 }
 

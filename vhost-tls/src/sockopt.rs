@@ -68,3 +68,18 @@ pub fn apply_kept(fd: BorrowedFd<'_>, kept: &HostOptions, socket_id: u32) {
     }
 }
 
+
+/// Makes closing a host socket never block the device. Linux's close()
+/// waits up to SO_LINGER's time for unacknowledged data to go, even on a
+/// non-blocking socket, and the device closes sockets on its one worker
+/// thread: a guest's SO_LINGER with a positive time becomes an ordinary
+/// close that finishes in the background. Linger 0 (an abortive close,
+/// RST) does not wait and stays.
+pub fn never_block_close(fd: BorrowedFd<'_>) {
+    let socket = socket2::SockRef::from(&fd);
+    if let Ok(Some(time)) = socket.linger() {
+        if !time.is_zero() {
+            let _ = socket.set_linger(None);
+        }
+    }
+}

@@ -8,6 +8,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::net::sockopt;
@@ -243,4 +244,62 @@ fn a_listener_without_reuseport_keeps_its_address() {
     sockopt::set_socket_reuseport(&other, true).unwrap();
     assert_eq!(rustix::net::bind(&other, &host), Err(rustix::io::Errno::ADDRINUSE));
     device.close(id).unwrap();
+}
+
+/// A TLS peer that completes its handshake and then never reads, so what
+/// the device sends piles up unacknowledged in the host's send queue.
+fn stalled_peer(bed: &Testbed) -> SocketAddr {
+    let identity = bed.ca.issue(&pki::loopback_names(), Validity::Current);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key())
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut tls = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+        while tls.is_handshaking() {
+            if tls.complete_io(&mut tcp).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(120));
+        drop(tcp);
+    });
+    addr
+}
+
+#[test]
+fn a_guest_linger_never_blocks_the_device() {
+    let bed = Testbed::start(LOOPBACK_POLICY);
+    let peer = stalled_peer(&bed);
+    let mut device = bed.driver();
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.set_socket_option(id, SOCKET, wire::SO_LINGER, &linger(1, 30)).unwrap();
+    device.connect(id, addr_of(peer), TIMEOUT).unwrap_or_else(|e| panic!("connect: {e}: {}", device.tls_error(id)));
+    // Fill the peer's window, the host's send buffer and the device's.
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed() < Duration::from_millis(700) {
+        if device.try_send(id, &chunk).unwrap() > 0 {
+            last_progress = Instant::now();
+        } else {
+            device.poll(Duration::from_millis(20));
+        }
+    }
+    let host = host_connection_to(peer);
+    assert!(sockopt::socket_linger(&host).unwrap().is_some(), "the guest's SO_LINGER is on the host socket");
+    drop(host);
+    // The front end goes (QEMU quits): the device closes the host socket
+    // with unsent data. Linux's close() would wait out the 30 s linger,
+    // on the device's only worker thread.
+    let closing = Instant::now();
+    drop(device);
+    bed.server.wait().unwrap();
+    drop(bed);
+    assert!(closing.elapsed() < Duration::from_secs(10), "the device took {:?} to close", closing.elapsed());
 }
