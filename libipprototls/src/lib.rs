@@ -18,6 +18,7 @@ mod readiness;
 mod real;
 mod server;
 mod sockaddr;
+mod sockopt;
 mod stdio;
 mod table;
 

@@ -15,6 +15,7 @@ pub mod host_addresses;
 pub mod limits;
 pub mod options;
 pub mod policy;
+pub mod sockopt;
 pub mod tls;
 
 pub use errno::Errno;

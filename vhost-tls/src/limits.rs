@@ -40,6 +40,14 @@ impl RateLimitedWarning {
         true
     }
 
+    /// Logs a request the policy refused (`what` says which), at the
+    /// same bounded rate.
+    pub fn warn_refusal(&mut self, what: &str) -> bool {
+        let Some(suppressed) = self.admit(Instant::now()) else { return false };
+        tracing::warn!(suppressed, "refused by policy: {what}");
+        true
+    }
+
     /// The count of lines held back since the last one, when one may be
     /// logged now.
     fn admit(&mut self, now: Instant) -> Option<u64> {
@@ -63,6 +71,8 @@ pub struct LimitWarnings {
     /// BINDs it does not allow (info level, as rarely as warnings).
     pub connect_refused: RateLimitedWarning,
     pub bind_refused: RateLimitedWarning,
+    /// Socket options the policy refuses (spec 2.6.10).
+    pub refused_sockopts: RateLimitedWarning,
 }
 
 #[cfg(test)]

@@ -113,6 +113,8 @@ pub struct Metrics {
     pub reloads_failed: u64,
     /// Requests refused before a session, by request and errno name.
     pub refusals: BTreeMap<(&'static str, &'static str), u64>,
+    /// SETSOCKOPTs the policy refused with EPERM (spec 2.6.10).
+    pub sockopt_refused: u64,
 }
 
 /// The live numbers that go with [`Metrics`] in one scrape.
@@ -213,6 +215,12 @@ impl Snapshot {
             "gauge",
             "Events waiting for the guest driver to post event buffers.",
             vec![(String::new(), self.events_pending as u64)],
+        );
+        family(
+            "vhost_tls_sockopt_refused_total",
+            "counter",
+            "Socket options the policy refused (EPERM).",
+            vec![(String::new(), m.sockopt_refused)],
         );
         family(
             "vhost_tls_policy_generation",
