@@ -34,6 +34,24 @@ impl Destination {
     }
 }
 
+/// Refuses a name that no rule could allow, before anything is resolved:
+/// such a name costs no DNS query and tells the guest nothing about it.
+/// Addresses, and names some rule may allow, pass.
+pub fn refuse_before_resolution(
+    policy: &Policy,
+    destination: &Destination,
+    server_name: Option<&str>,
+) -> Result<(), Failure> {
+    let Destination::Name { host, port } = destination else { return Ok(()) };
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    match policy.destinations.check_name(host, server_name, *port) {
+        Verdict::Deny(reason) => Err(Failure::new(Errno::EACCES, format!("connecting to '{host}' is not allowed: {reason}"))),
+        Verdict::Allow => Ok(()),
+    }
+}
+
 /// Resolves `destination` on the host (this blocks for names: call it off
 /// the I/O thread) and keeps the addresses the policy allows, in resolver
 /// order. Fails with EACCES when the policy denies every address (or, for
@@ -58,9 +76,7 @@ pub fn resolve_with(
             let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, *port)],
                 Err(_) => {
-                    if let Verdict::Deny(reason) = policy.destinations.check_name(host, server_name, *port) {
-                        return Err(Failure::new(Errno::EACCES, format!("connecting to '{host}' is not allowed: {reason}")));
-                    }
+                    refuse_before_resolution(policy, destination, server_name)?;
                     lookup(host, *port).map_err(|e| Failure::new(Errno::EHOSTUNREACH, format!("cannot resolve '{host}': {e}")))?
                 }
             };

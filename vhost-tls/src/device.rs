@@ -684,6 +684,15 @@ impl Device {
                 + Duration::from_secs(u64::from(limits.connect_timeout_secs) + u64::from(limits.handshake_timeout_secs)),
         );
         if destination.needs_resolution() {
+            // A name no rule could allow fails here and now, not after a
+            // resolver thread: CONNECT itself answers EACCES.
+            if let Err(failure) = destination::refuse_before_resolution(&policy, &destination, socket.options.hostname()) {
+                socket.deadline = None;
+                self.limit_warnings.connect_refused.info(&format!("connect refused (socket {id}): {failure}"));
+                self.telemetry.end(socket, Outcome::failed(failure.errno, failure.reason.clone()));
+                socket.error = Some(failure.reason);
+                return Err(failure.errno);
+            }
             if self.pending_resolutions >= MAX_PENDING_RESOLUTIONS {
                 // Still Created: no deadline may fail it later.
                 socket.deadline = None;

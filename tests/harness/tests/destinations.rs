@@ -53,6 +53,10 @@ hosts = ["allowed.test"]
     assert_eq!(result, Err(Errno::EACCES));
     let reason = device.tls_error(id);
     assert!(reason.contains("default is deny"), "{reason}");
+    // And CONNECT itself answers, as for a denied address: no resolver
+    // thread and no CONNECT_DONE to wait for.
+    let again = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    assert_eq!(device.start_connect(again, SockAddr::hostname(b"localhost", 443).unwrap()), Err(Errno::EACCES));
     assert!(!mentions_an_address(&reason, &["127.0.0.1", "::1"]), "TLS_ERROR tells what localhost resolved to: {reason}");
 }
 
