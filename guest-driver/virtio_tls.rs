@@ -74,6 +74,10 @@ const fn parse_id(digits: &str) -> u32 {
     value
 }
 
+/// The device features the driver uses (spec 2.3): accepted when offered.
+static FEATURES: [core::ffi::c_uint; 4] =
+    [wire::VIRTIO_TLS_F_IPV6, wire::VIRTIO_TLS_F_HOSTNAME, wire::VIRTIO_TLS_F_SERVER, wire::VIRTIO_TLS_F_SOCKOPT];
+
 /// The id table: the virtio-tls id, any vendor, then the terminator.
 static ID_TABLE: [bindings::virtio_device_id; 2] = [
     bindings::virtio_device_id { device: DEVICE_ID, vendor: ANY_VENDOR },
@@ -1072,6 +1076,9 @@ unsafe extern "C" fn tls_init(sk: *mut bindings::sock) -> c_int {
             (*sk.cast::<TlsSock>()).socket_id = key.id;
             (*sk.cast::<TlsSock>()).generation = key.generation;
         }
+        // SAFETY: inet_create linked the socket (sock_init_data) before
+        // calling proto.init.
+        take_sol_socket_options(unsafe { (*sk).sk_socket });
         return 0;
     }
     -(bindings::ECONNRESET as c_int)
@@ -1136,7 +1143,7 @@ unsafe extern "C" fn tls_setsockopt(
     optlen: core::ffi::c_uint,
 ) -> c_int {
     if level != wire::IPPROTO_TLS as c_int {
-        return -(bindings::ENOPROTOOPT as c_int);
+        return set_other_level(sk, level, optname, optval, optlen);
     }
     let len = optlen as usize;
     if len > MAX_OPTION {
@@ -1174,7 +1181,7 @@ unsafe extern "C" fn tls_getsockopt(
     optlen: *mut c_int,
 ) -> c_int {
     if level != wire::IPPROTO_TLS as c_int {
-        return -(bindings::ENOPROTOOPT as c_int);
+        return get_other_level(sk, level, optname, optval, optlen);
     }
     let mut room_bytes = [0u8; 4];
     if let Err(error) = UserSlice::new(optlen as usize, 4).reader().read_slice(&mut room_bytes) {
@@ -1206,6 +1213,137 @@ unsafe extern "C" fn tls_getsockopt(
         Ok(()) => 0,
         Err(error) => error.to_errno(),
     }
+}
+
+/// Largest value passed through SETSOCKOPT, and room asked for with
+/// GETSOCKOPT: what fits in a control request. Longer values are cut to
+/// it (Linux reads no more than that of any option at these levels).
+const MAX_SOCKOPT: usize = CONTROL_BUFFER - wire::CtrlHeader::SIZE - wire::SockOptRequest::SIZE;
+
+impl Device {
+    /// Whether feature `bit` was negotiated (virtio_has_feature()).
+    fn has_feature(&self, bit: u32) -> bool {
+        // SAFETY: the bound device, whose features the virtio core set
+        // before probe and never changes while bound.
+        unsafe { (*self.vdev).features & (1u64 << bit) != 0 }
+    }
+}
+
+/// Whether the bound device takes socket options at other levels than
+/// IPPROTO_TLS (SETSOCKOPT, GETSOCKOPT: VIRTIO_TLS_F_SOCKOPT).
+fn device_takes_sockopts() -> bool {
+    let mut guard = ControlGuard::lock();
+    guard.device().is_some_and(|device| device.has_feature(wire::VIRTIO_TLS_F_SOCKOPT))
+}
+
+/// The first `len` bytes of a setsockopt value, from user or kernel memory.
+fn option_value(optval: bindings::sockptr_t, len: usize) -> core::result::Result<KVec<u8>, c_int> {
+    let mut value = KVec::new();
+    // SAFETY: reading the union member the is_kernel flag selects; a
+    // kernel pointer comes with `len` readable bytes from the core.
+    let copied = unsafe {
+        if optval.is_kernel() {
+            let from = core::slice::from_raw_parts(optval.__bindgen_anon_1.kernel.cast::<u8>(), len);
+            value.extend_from_slice(from, GFP_KERNEL).map_err(Error::from)
+        } else {
+            UserSlice::new(optval.__bindgen_anon_1.user as usize, len).read_all(&mut value, GFP_KERNEL)
+        }
+    };
+    copied.map(|()| value).map_err(|error| error.to_errno())
+}
+
+/// A sockptr_t for a kernel buffer (KERNEL_SOCKPTR()).
+fn kernel_sockptr(bytes: &[u8]) -> bindings::sockptr_t {
+    // SAFETY: a plain C struct; all-zero is a null user pointer.
+    let mut pointer: bindings::sockptr_t = unsafe { core::mem::zeroed() };
+    pointer.__bindgen_anon_1.kernel = bytes.as_ptr() as *mut c_void;
+    pointer.set_is_kernel(true);
+    pointer
+}
+
+/// setsockopt at a level other than IPPROTO_TLS (spec 2.6.10). Device-
+/// routed options go to the device (SETSOCKOPT) when it takes them, and a
+/// SOL_SOCKET one that the device accepted is then set on the guest socket
+/// too, so that the generic getsockopt reads it back (DRV-6.10.1). Guest-
+/// routed SOL_SOCKET options are the generic code's alone. Without
+/// VIRTIO_TLS_F_SOCKOPT: SOL_SOCKET as any socket, ENOPROTOOPT elsewhere.
+fn set_other_level(sk: *mut bindings::sock, level: c_int, optname: c_int, optval: bindings::sockptr_t, optlen: u32) -> c_int {
+    // SAFETY: the core passes a sock of a socket (sock_init_data linked it).
+    let sock = unsafe { (*sk).sk_socket };
+    let generic = level == bindings::SOL_SOCKET as c_int;
+    let device_routed = wire::sockopt_route(level as u32, optname as u32) == wire::SockOptRoute::Device;
+    if !device_routed || !device_takes_sockopts() {
+        if generic {
+            // SAFETY: what the core calls for SOL_SOCKET on a socket
+            // without SOCK_CUSTOM_SOCKOPT, with the caller's arguments.
+            return unsafe { bindings::sock_setsockopt(sock, level, optname, optval, optlen) };
+        }
+        return -(bindings::ENOPROTOOPT as c_int);
+    }
+    let len = (optlen as usize).min(MAX_SOCKOPT);
+    let value = match option_value(optval, len) {
+        Ok(value) => value,
+        Err(errno) => return errno,
+    };
+    let request = wire::SockOptRequest { level: level as u32, optname: optname as u32, len: len as u32, reserved: 0 };
+    let mut payload = KVec::new();
+    if payload.extend_from_slice(&request.encode(), GFP_KERNEL).is_err() || payload.extend_from_slice(&value, GFP_KERNEL).is_err() {
+        return -(bindings::ENOMEM as c_int);
+    }
+    match control_request(wire::VIRTIO_TLS_OP_SETSOCKOPT, socket_of(sk), &payload) {
+        Ok(response) if response.status != 0 => -(response.status as c_int),
+        // SAFETY: as above, with the value the device accepted, in kernel
+        // memory that outlives the call.
+        Ok(_) if generic => unsafe { bindings::sock_setsockopt(sock, level, optname, kernel_sockptr(&value), len as u32) },
+        Ok(_) => 0,
+        Err(error) => error.to_errno(),
+    }
+}
+
+/// getsockopt at a level other than IPPROTO_TLS and SOL_SOCKET (the core
+/// answers SOL_SOCKET itself): GETSOCKOPT when the device takes socket
+/// options, else ENOPROTOOPT.
+fn get_other_level(sk: *mut bindings::sock, level: c_int, optname: c_int, optval: *mut kernel::ffi::c_char, optlen: *mut c_int) -> c_int {
+    if wire::sockopt_route(level as u32, optname as u32) != wire::SockOptRoute::Device || !device_takes_sockopts() {
+        return -(bindings::ENOPROTOOPT as c_int);
+    }
+    let mut room_bytes = [0u8; 4];
+    if let Err(error) = UserSlice::new(optlen as usize, 4).reader().read_slice(&mut room_bytes) {
+        return error.to_errno();
+    }
+    let room = i32::from_ne_bytes(room_bytes);
+    if room < 0 {
+        // As TCP's getsockopt.
+        return -(bindings::EINVAL as c_int);
+    }
+    let max_len = (room as usize).min(MAX_SOCKOPT);
+    let request = wire::SockOptRequest { level: level as u32, optname: optname as u32, len: max_len as u32, reserved: 0 };
+    let value = match control_request_value(wire::VIRTIO_TLS_OP_GETSOCKOPT, socket_of(sk), &request.encode()) {
+        Ok((response, _)) if response.status != 0 => return -(response.status as c_int),
+        Ok((_, value)) => value,
+        Err(error) => return error.to_errno(),
+    };
+    let value = &value[..value.len().min(max_len)];
+    let length = (value.len() as i32).to_ne_bytes();
+    let written = UserSlice::new(optval as usize, value.len())
+        .writer()
+        .write_slice(value)
+        .and_then(|()| UserSlice::new(optlen as usize, 4).writer().write_slice(&length));
+    match written {
+        Ok(()) => 0,
+        Err(error) => error.to_errno(),
+    }
+}
+
+/// Lets SOL_SOCKET setsockopt reach tls_setsockopt (as MPTCP does), so
+/// that options the host connection needs go to the device.
+fn take_sol_socket_options(sock: *mut bindings::socket) {
+    if sock.is_null() {
+        return;
+    }
+    // SAFETY: a socket being set up (socket(), accept()), not yet visible
+    // to another task, so a plain write of its flags races with nothing.
+    unsafe { (*sock).flags |= 1 << bindings::SOCK_CUSTOM_SOCKOPT };
 }
 
 /// SSA's `struct sockaddr_host`: family, port (network order), name[120].
@@ -1905,6 +2043,9 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
         bindings::sock_init_data(newsock, newsk);
         (*newsk).sk_protocol = wire::IPPROTO_TLS as u16;
         (*newsk).__sk_common.skc_state = bindings::TCP_ESTABLISHED as u8;
+        // What an accepted TCP socket inherits from its listener and
+        // sock_init_data does not set as inet_create does (SO_TXREHASH).
+        (*newsk).sk_txrehash = (*sk).sk_txrehash;
         if family as u32 == bindings::AF_INET6 {
             // inet6_sk() finds the IPv6 part through pinet6.
             let tls6 = newsk.cast::<TlsSock6>();
@@ -1917,6 +2058,7 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
         (*tls).peer = peer;
         (*newsock).state = bindings::socket_state_SS_CONNECTED;
     }
+    take_sol_socket_options(newsock);
     let mut guard = ControlGuard::lock();
     let Some(device) = guard.device() else { return -(bindings::ECONNRESET as c_int) };
     if device.entry(accepted).is_some() {
@@ -2097,6 +2239,8 @@ impl kernel::Module for VirtioTls {
         let err = unsafe {
             (*driver).driver.name = c_str!("virtio_tls").as_char_ptr();
             (*driver).id_table = ID_TABLE.as_ptr();
+            (*driver).feature_table = FEATURES.as_ptr();
+            (*driver).feature_table_size = FEATURES.len() as core::ffi::c_uint;
             (*driver).probe = Some(probe);
             (*driver).remove = Some(remove);
             bindings::__register_virtio_driver(driver, module.as_ptr())
