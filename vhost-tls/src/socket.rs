@@ -288,7 +288,10 @@ impl Socket {
             return Ok(self.host_socket().expect("checked above"));
         }
         if self.stand_in.is_none() {
-            self.stand_in = Some(sockopt::stand_in(self.family)?);
+            // After a failed connection, what was set still answers.
+            let stand_in = sockopt::stand_in(self.family)?;
+            sockopt::apply_kept(stand_in.as_fd(), &self.host_options, self.id);
+            self.stand_in = Some(stand_in);
         }
         Ok(self.stand_in.as_ref().expect("created above").as_fd())
     }

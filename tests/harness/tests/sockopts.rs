@@ -303,3 +303,20 @@ fn a_guest_linger_never_blocks_the_device() {
     drop(bed);
     assert!(closing.elapsed() < Duration::from_secs(10), "the device took {:?} to close", closing.elapsed());
 }
+
+#[test]
+fn options_outlive_a_failed_connect() {
+    let bed = Testbed::start(LOOPBACK_POLICY);
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut device = bed.driver();
+    let id = device.create(wire::VIRTIO_TLS_AF_INET).unwrap();
+    device.set_int_option(id, TCP, wire::TCP_KEEPIDLE, 17).unwrap();
+    assert_eq!(device.connect(id, addr_of(closed), TIMEOUT), Err(Errno::ECONNREFUSED));
+    // The host socket is gone; what the guest set still answers, and goes
+    // with the next attempt.
+    assert_eq!(device.get_int_option(id, TCP, wire::TCP_KEEPIDLE), Ok(17));
+    let server = tls_peer(&bed);
+    device.connect(id, addr_of(server.addr), TIMEOUT).unwrap_or_else(|e| panic!("connect again: {e}: {}", device.tls_error(id)));
+    assert_eq!(sockopt::tcp_keepidle(host_connection_to(server.addr)).unwrap(), Duration::from_secs(17));
+    device.close(id).unwrap();
+}
