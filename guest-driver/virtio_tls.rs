@@ -23,6 +23,7 @@
 
 use core::ffi::{c_int, c_void};
 use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::bindings;
 use kernel::c_str;
 use kernel::str::CStr;
@@ -72,6 +73,10 @@ const fn parse_id(digits: &str) -> u32 {
     }
     value
 }
+
+/// The device features the driver uses (spec 2.3): accepted when offered.
+static FEATURES: [core::ffi::c_uint; 4] =
+    [wire::VIRTIO_TLS_F_IPV6, wire::VIRTIO_TLS_F_HOSTNAME, wire::VIRTIO_TLS_F_SERVER, wire::VIRTIO_TLS_F_SOCKOPT];
 
 /// The id table: the virtio-tls id, any vendor, then the terminator.
 static ID_TABLE: [bindings::virtio_device_id; 2] = [
@@ -125,15 +130,19 @@ struct Device {
     sockets: KVec<SocketEntry>,
     rx: *mut bindings::virtqueue,
     tx: *mut bindings::virtqueue,
-    /// RX_BUFFERS receive buffers back to back, and one transmit buffer.
+    /// RX_BUFFERS receive buffers back to back, and the transmit buffer.
     rx_buffers: KVec<u8>,
     tx_buffer: KVec<u8>,
+    /// Transmit buffers the device did not take in time (send_packet):
+    /// still posted, so the device may read them yet. Each is freed when
+    /// the device returns it, or after a reset.
+    tx_stranded: KVec<Option<KVec<u8>>>,
     /// The device's receive buffer per socket (config socket_buf_size).
     device_buf_alloc: u32,
     liveness: Liveness,
-    /// Counts device resets after a restarted backend (spec 2.12): sockets
-    /// of an earlier generation stay failed and are never named to the
-    /// device again.
+    /// This device generation (spec 2.12), from `next_generation`: sockets
+    /// of an earlier generation, of this device or of one bound before it,
+    /// stay failed and are never named to the device again.
     generation: u32,
     /// kmalloc'd request and response buffers (DMA-able, unlike the stack).
     request: KVec<u8>,
@@ -223,6 +232,24 @@ const DRIVER_BUF_ALLOC: u32 = 256 * 1024;
 
 const EVENT_BUFFERS: usize = 16;
 
+/// The last device generation handed out. Generations never repeat within
+/// a boot: not across device resets (restart), and not across probes (an
+/// unbind and bind through sysfs, a hot-replugged device), so a socket
+/// opened on an earlier device never matches a socket of a later one that
+/// got the same id.
+static LAST_GENERATION: AtomicU32 = AtomicU32::new(0);
+
+/// A generation no socket has had yet in this boot (never 0, which
+/// SocketKey::NONE uses).
+fn next_generation() -> u32 {
+    loop {
+        let generation = LAST_GENERATION.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if generation != 0 {
+            return generation;
+        }
+    }
+}
+
 impl Device {
     /// The device stopped answering: fail every socket (ECONNRESET) so that
     /// nothing waits for it forever.
@@ -245,6 +272,16 @@ impl Device {
     /// The driver's entry for one of its sockets.
     fn entry(&mut self, key: SocketKey) -> Option<&mut SocketEntry> {
         self.sockets.iter_mut().find(|entry| entry.id == key.id && entry.id != 0 && entry.generation == key.generation)
+    }
+
+    /// The entry of an open socket for a call on it: ECONNRESET for a
+    /// socket of an earlier generation (DRV-12.3), EBADF for one the driver
+    /// does not know.
+    fn open_entry(&mut self, key: SocketKey) -> core::result::Result<&mut SocketEntry, c_int> {
+        if key.generation != self.generation {
+            return Err(-(bindings::ECONNRESET as c_int));
+        }
+        self.entry(key).ok_or(-(bindings::EBADF as c_int))
     }
 
     /// The entry of the socket the device means by `id` now (events and
@@ -332,57 +369,138 @@ impl Device {
     }
 
     /// Sends one data packet on the transmit queue and waits until the
-    /// device has taken it (the single transmit buffer is then free).
+    /// device has taken it; only then does the payload count in the
+    /// socket's tx_bytes (and the credit it reported in fwd_reported).
+    ///
+    /// A packet the device does not take in time stays the device's: its
+    /// buffer is stranded (never written again, freed when the device
+    /// returns it or at a reset) and the next packet gets a fresh one. Its
+    /// socket fails with ETIMEDOUT: whether the device still sends those
+    /// bytes is unknown, so the stream cannot go on.
     fn send_packet(&mut self, key: SocketKey, op: u16, payload: &[u8]) -> Result {
         if self.liveness != Liveness::Answering || key.generation != self.generation {
-            return Err(Error::from_errno(-(bindings::ECONNRESET as c_int)));
+            return Err(connection_reset());
+        }
+        let total = wire::DataHeader::SIZE + payload.len();
+        if payload.len() > TX_PAYLOAD {
+            return Err(EINVAL);
+        }
+        if self.tx_buffer.len() < total {
+            // The last buffer was stranded and no fresh one could be had then.
+            self.tx_buffer = dma_buffer(wire::DataHeader::SIZE + TX_PAYLOAD)?;
         }
         let Some(entry) = self.entry(key) else { return Err(EBADF) };
+        let fwd_cnt = entry.fwd_cnt;
         let header = wire::DataHeader {
             socket_id: key.id,
             op,
             flags: 0,
             len: payload.len() as u32,
             buf_alloc: DRIVER_BUF_ALLOC,
-            fwd_cnt: entry.fwd_cnt,
+            fwd_cnt,
             reserved: 0,
         };
-        entry.fwd_reported = entry.fwd_cnt;
-        entry.tx_bytes += payload.len() as u64;
-        let total = wire::DataHeader::SIZE + payload.len();
         self.tx_buffer[..wire::DataHeader::SIZE].copy_from_slice(&header.encode());
         self.tx_buffer[wire::DataHeader::SIZE..total].copy_from_slice(payload);
+        let buffer = self.tx_buffer.as_mut_ptr().cast::<c_void>();
         // SAFETY: scatterlist is a plain C struct set by sg_init_one.
         let mut sg: bindings::scatterlist = unsafe { core::mem::zeroed() };
-        let mut len: core::ffi::c_uint = 0;
-        // SAFETY: the transmit buffer is kmalloc'd and stays untouched until
-        // the device returns it, which we wait for below.
+        // SAFETY: the transmit buffer is kmalloc'd, at least `total` bytes
+        // long, and not written again until the device returns it: below,
+        // or, after a timeout, as a stranded buffer.
         unsafe {
-            let buffer = self.tx_buffer.as_mut_ptr();
-            bindings::sg_init_one(&mut sg, buffer.cast::<c_void>(), total as u32);
-            let err = bindings::virtqueue_add_outbuf(self.tx, &mut sg, 1, buffer.cast::<c_void>(), bindings::GFP_KERNEL);
+            bindings::sg_init_one(&mut sg, buffer, total as u32);
+            let err = bindings::virtqueue_add_outbuf(self.tx, &mut sg, 1, buffer, bindings::GFP_KERNEL);
             if err != 0 {
                 return Err(Error::from_errno(err));
             }
             bindings::virtqueue_kick(self.tx);
-            // The device takes a packet within microseconds: spin for it,
-            // as for control answers, before sleeping (a timer sleep costs
-            // far more than that in a TCG guest).
-            let spin_until = bindings::ktime_get_mono_fast_ns() + CONTROL_SPIN_NS;
-            let mut waited = 0;
-            while bindings::virtqueue_get_buf(self.tx, &mut len).is_null() {
-                if bindings::ktime_get_mono_fast_ns() < spin_until {
-                    core::hint::spin_loop();
-                    continue;
-                }
-                if waited >= 100_000 {
-                    return Err(Error::from_errno(-(bindings::ETIMEDOUT as c_int)));
-                }
-                bindings::usleep_range_state(20, 200, bindings::TASK_UNINTERRUPTIBLE);
-                waited += 1;
+        }
+        if !self.wait_for_transmit(buffer) {
+            self.strand_tx_buffer();
+            if let Some(entry) = self.entry(key) {
+                entry.error.get_or_insert(bindings::ETIMEDOUT);
             }
+            wake_waiters();
+            return Err(Error::from_errno(-(bindings::ETIMEDOUT as c_int)));
+        }
+        if let Some(entry) = self.entry(key) {
+            entry.tx_bytes += payload.len() as u64;
+            entry.fwd_reported = fwd_cnt;
         }
         Ok(())
+    }
+
+    /// Waits until the device returns the transmit buffer `token`; false
+    /// if it does not in time. Stranded buffers it returns meanwhile are
+    /// freed.
+    fn wait_for_transmit(&mut self, token: *mut c_void) -> bool {
+        // The device takes a packet within microseconds: spin for it, as
+        // for control answers, before sleeping (a timer sleep costs far
+        // more than that in a TCG guest).
+        // SAFETY: reading the monotonic clock has no preconditions.
+        let spin_until = unsafe { bindings::ktime_get_mono_fast_ns() } + CONTROL_SPIN_NS;
+        let mut waited = 0;
+        loop {
+            let mut len: core::ffi::c_uint = 0;
+            // SAFETY: the transmit queue of the bound device.
+            let used = unsafe { bindings::virtqueue_get_buf(self.tx, &mut len) };
+            if used == token {
+                return true;
+            }
+            if !used.is_null() {
+                self.release_stranded(used);
+                continue;
+            }
+            // SAFETY: as above.
+            if unsafe { bindings::ktime_get_mono_fast_ns() } < spin_until {
+                core::hint::spin_loop();
+                continue;
+            }
+            if waited >= 100_000 {
+                return false;
+            }
+            // SAFETY: process context; CONTROL_LOCK is a mutex, so sleeping
+            // under it is allowed.
+            unsafe { bindings::usleep_range_state(20, 200, bindings::TASK_UNINTERRUPTIBLE) };
+            waited += 1;
+        }
+    }
+
+    /// Leaves the posted transmit buffer to the device (it may still read
+    /// it) and takes a fresh one for the next packet.
+    fn strand_tx_buffer(&mut self) {
+        let posted = core::mem::replace(&mut self.tx_buffer, KVec::new());
+        let slot = match self.tx_stranded.iter().position(Option::is_none) {
+            Some(free) => Some(free),
+            // Room first, so that pushing cannot fail and drop the buffer.
+            None => match self.tx_stranded.reserve(1, GFP_KERNEL) {
+                Ok(()) => self.tx_stranded.push(None, GFP_KERNEL).ok().map(|()| self.tx_stranded.len() - 1),
+                Err(_) => None,
+            },
+        };
+        match slot {
+            Some(slot) => self.tx_stranded[slot] = Some(posted),
+            // Without room to remember it, leak it rather than free memory
+            // the device may still read.
+            None => core::mem::forget(posted),
+        }
+        pr_warn!("the device did not take a transmit packet in time: its socket fails (ETIMEDOUT)\n");
+        // A fresh buffer now if there is memory; else the next send_packet
+        // tries again.
+        if let Ok(fresh) = dma_buffer(wire::DataHeader::SIZE + TX_PAYLOAD) {
+            self.tx_buffer = fresh;
+        }
+    }
+
+    /// Frees the stranded transmit buffer the device just returned.
+    fn release_stranded(&mut self, token: *mut c_void) {
+        for slot in self.tx_stranded.iter_mut() {
+            if slot.as_ref().is_some_and(|buffer| buffer.as_ptr() as *mut c_void == token) {
+                *slot = None;
+                return;
+            }
+        }
     }
 
     /// Takes the events the device returned and recycles their buffers.
@@ -483,7 +601,9 @@ fn control_request(op: u16, socket: SocketKey, payload: &[u8]) -> Result<wire::C
 /// As `control_request`, also returning the value after the response.
 fn control_request_value(op: u16, socket: SocketKey, payload: &[u8]) -> Result<(wire::CtrlResponse, KVec<u8>)> {
     let mut guard = ControlGuard::lock();
-    let device = guard.device().ok_or(ENODEV)?;
+    // Requests are about an open socket: one whose device went (unbound,
+    // unplugged) has failed.
+    let device = guard.device().ok_or_else(connection_reset)?;
     device.exchange(op, socket, payload)
 }
 
@@ -606,6 +726,10 @@ impl Device {
             }
         }
         self.liveness = Liveness::Broken;
+        // The reset took every buffer back from the device.
+        for stranded in self.tx_stranded.iter_mut() {
+            *stranded = None;
+        }
         // What virtio_device_restore() does after a reset: the features
         // negotiated at probe, then queues, buffers and DRIVER_OK.
         // SAFETY: as above; the virtio core's status and config operations.
@@ -639,7 +763,7 @@ impl Device {
         self.rx = vqs[2];
         self.tx = vqs[3];
         self.device_buf_alloc = config.socket_buf_size;
-        self.generation = self.generation.wrapping_add(1);
+        self.generation = next_generation();
         self.liveness = Liveness::Answering;
         set_driver_ok(vdev);
         self.post_all_buffers();
@@ -778,6 +902,16 @@ fn wake_waiters() {
 const QUEUE_NAMES: [&CStr; 4] = [c_str!("control"), c_str!("event"), c_str!("rx0"), c_str!("tx0")];
 
 unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
+    // Under the lock from the check to DEVICE being set, so that two
+    // devices probed at once cannot both pass the check.
+    let mut guard = ControlGuard::lock();
+    if guard.device().is_some() {
+        // One device serves every socket (DEVICE, the one set of queues):
+        // a second one would replace it under its open sockets and posted
+        // buffers.
+        pr_err!("a virtio-tls device is bound already: this driver serves one, refusing another\n");
+        return -(bindings::EBUSY as c_int);
+    }
     let Some(config) = read_config(vdev) else { return -(bindings::EINVAL as c_int) };
     let vqs = match setup_queues(vdev) {
         Ok(vqs) => vqs,
@@ -791,8 +925,16 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         dma_buffer(wire::DataHeader::SIZE + TX_PAYLOAD),
     );
     let (Ok(request), Ok(response), Ok(events), Ok(rx_buffers), Ok(tx_buffer)) = buffers else {
+        // SAFETY: the queues were set up above and nothing is posted yet;
+        // a failed probe must leave none behind.
+        unsafe {
+            if let Some(del_vqs) = (*(*vdev).config).del_vqs {
+                del_vqs(vdev);
+            }
+        }
         return -(bindings::ENOMEM as c_int);
     };
+    let generation = next_generation();
     let device = Device {
         vdev,
         control: vqs[0],
@@ -803,22 +945,21 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         tx: vqs[3],
         rx_buffers,
         tx_buffer,
+        tx_stranded: KVec::new(),
         device_buf_alloc: config.socket_buf_size,
         liveness: Liveness::Answering,
-        generation: 1,
+        generation,
         request,
         response,
         next_request_id: 0,
     };
     set_driver_ok(vdev);
-    {
-        let mut guard = ControlGuard::lock();
-        // SAFETY: guarded by CONTROL_LOCK (held by `guard`).
-        unsafe { *DEVICE.0.get() = Some(device) };
-        if let Some(device) = guard.device() {
-            device.post_all_buffers();
-        }
+    // SAFETY: guarded by CONTROL_LOCK (held by `guard`).
+    unsafe { *DEVICE.0.get() = Some(device) };
+    if let Some(device) = guard.device() {
+        device.post_all_buffers();
     }
+    drop(guard);
     pr_info!(
         "device ready: {} sockets, {} queue pair(s), {} bytes per socket, TLS {}..{}\n",
         config.max_sockets,
@@ -827,17 +968,20 @@ unsafe extern "C" fn probe(vdev: *mut bindings::virtio_device) -> c_int {
         config.tls_version_min,
         config.tls_version_max
     );
+    pr_info!("socket generation {}\n", generation);
     0
 }
 
 unsafe extern "C" fn remove(vdev: *mut bindings::virtio_device) {
-    let broken = {
-        let mut guard = ControlGuard::lock();
-        let broken = guard.device().is_some_and(|device| device.liveness == Liveness::Broken);
+    // Out of DEVICE under the lock (no caller can reach it after), but
+    // freed only after the reset: until then the device may still write
+    // to its receive and event buffers and read its transmit buffers.
+    let device = {
+        let _guard = ControlGuard::lock();
         // SAFETY: guarded by CONTROL_LOCK.
-        unsafe { *DEVICE.0.get() = None };
-        broken
+        unsafe { (*DEVICE.0.get()).take() }
     };
+    let broken = device.as_ref().is_some_and(|device| device.liveness == Liveness::Broken);
     // SAFETY: as in probe; reset stops the device before its queues go.
     unsafe {
         let ops = &*(*vdev).config;
@@ -848,6 +992,9 @@ unsafe extern "C" fn remove(vdev: *mut bindings::virtio_device) {
             del_vqs(vdev);
         }
     }
+    drop(device);
+    // Sleepers and pollers look again, and find their device gone.
+    wake_waiters();
     pr_info!("device removed\n");
 }
 
@@ -929,6 +1076,9 @@ unsafe extern "C" fn tls_init(sk: *mut bindings::sock) -> c_int {
             (*sk.cast::<TlsSock>()).socket_id = key.id;
             (*sk.cast::<TlsSock>()).generation = key.generation;
         }
+        // SAFETY: inet_create linked the socket (sock_init_data) before
+        // calling proto.init.
+        take_sol_socket_options(unsafe { (*sk).sk_socket });
         return 0;
     }
     -(bindings::ECONNRESET as c_int)
@@ -993,7 +1143,7 @@ unsafe extern "C" fn tls_setsockopt(
     optlen: core::ffi::c_uint,
 ) -> c_int {
     if level != wire::IPPROTO_TLS as c_int {
-        return -(bindings::ENOPROTOOPT as c_int);
+        return set_other_level(sk, level, optname, optval, optlen);
     }
     let len = optlen as usize;
     if len > MAX_OPTION {
@@ -1031,7 +1181,7 @@ unsafe extern "C" fn tls_getsockopt(
     optlen: *mut c_int,
 ) -> c_int {
     if level != wire::IPPROTO_TLS as c_int {
-        return -(bindings::ENOPROTOOPT as c_int);
+        return get_other_level(sk, level, optname, optval, optlen);
     }
     let mut room_bytes = [0u8; 4];
     if let Err(error) = UserSlice::new(optlen as usize, 4).reader().read_slice(&mut room_bytes) {
@@ -1063,6 +1213,137 @@ unsafe extern "C" fn tls_getsockopt(
         Ok(()) => 0,
         Err(error) => error.to_errno(),
     }
+}
+
+/// Largest value passed through SETSOCKOPT, and room asked for with
+/// GETSOCKOPT: what fits in a control request. Longer values are cut to
+/// it (Linux reads no more than that of any option at these levels).
+const MAX_SOCKOPT: usize = CONTROL_BUFFER - wire::CtrlHeader::SIZE - wire::SockOptRequest::SIZE;
+
+impl Device {
+    /// Whether feature `bit` was negotiated (virtio_has_feature()).
+    fn has_feature(&self, bit: u32) -> bool {
+        // SAFETY: the bound device, whose features the virtio core set
+        // before probe and never changes while bound.
+        unsafe { (*self.vdev).features & (1u64 << bit) != 0 }
+    }
+}
+
+/// Whether the bound device takes socket options at other levels than
+/// IPPROTO_TLS (SETSOCKOPT, GETSOCKOPT: VIRTIO_TLS_F_SOCKOPT).
+fn device_takes_sockopts() -> bool {
+    let mut guard = ControlGuard::lock();
+    guard.device().is_some_and(|device| device.has_feature(wire::VIRTIO_TLS_F_SOCKOPT))
+}
+
+/// The first `len` bytes of a setsockopt value, from user or kernel memory.
+fn option_value(optval: bindings::sockptr_t, len: usize) -> core::result::Result<KVec<u8>, c_int> {
+    let mut value = KVec::new();
+    // SAFETY: reading the union member the is_kernel flag selects; a
+    // kernel pointer comes with `len` readable bytes from the core.
+    let copied = unsafe {
+        if optval.is_kernel() {
+            let from = core::slice::from_raw_parts(optval.__bindgen_anon_1.kernel.cast::<u8>(), len);
+            value.extend_from_slice(from, GFP_KERNEL).map_err(Error::from)
+        } else {
+            UserSlice::new(optval.__bindgen_anon_1.user as usize, len).read_all(&mut value, GFP_KERNEL)
+        }
+    };
+    copied.map(|()| value).map_err(|error| error.to_errno())
+}
+
+/// A sockptr_t for a kernel buffer (KERNEL_SOCKPTR()).
+fn kernel_sockptr(bytes: &[u8]) -> bindings::sockptr_t {
+    // SAFETY: a plain C struct; all-zero is a null user pointer.
+    let mut pointer: bindings::sockptr_t = unsafe { core::mem::zeroed() };
+    pointer.__bindgen_anon_1.kernel = bytes.as_ptr() as *mut c_void;
+    pointer.set_is_kernel(true);
+    pointer
+}
+
+/// setsockopt at a level other than IPPROTO_TLS (spec 2.6.10). Device-
+/// routed options go to the device (SETSOCKOPT) when it takes them, and a
+/// SOL_SOCKET one that the device accepted is then set on the guest socket
+/// too, so that the generic getsockopt reads it back (DRV-6.10.1). Guest-
+/// routed SOL_SOCKET options are the generic code's alone. Without
+/// VIRTIO_TLS_F_SOCKOPT: SOL_SOCKET as any socket, ENOPROTOOPT elsewhere.
+fn set_other_level(sk: *mut bindings::sock, level: c_int, optname: c_int, optval: bindings::sockptr_t, optlen: u32) -> c_int {
+    // SAFETY: the core passes a sock of a socket (sock_init_data linked it).
+    let sock = unsafe { (*sk).sk_socket };
+    let generic = level == bindings::SOL_SOCKET as c_int;
+    let device_routed = wire::sockopt_route(level as u32, optname as u32) == wire::SockOptRoute::Device;
+    if !device_routed || !device_takes_sockopts() {
+        if generic {
+            // SAFETY: what the core calls for SOL_SOCKET on a socket
+            // without SOCK_CUSTOM_SOCKOPT, with the caller's arguments.
+            return unsafe { bindings::sock_setsockopt(sock, level, optname, optval, optlen) };
+        }
+        return -(bindings::ENOPROTOOPT as c_int);
+    }
+    let len = (optlen as usize).min(MAX_SOCKOPT);
+    let value = match option_value(optval, len) {
+        Ok(value) => value,
+        Err(errno) => return errno,
+    };
+    let request = wire::SockOptRequest { level: level as u32, optname: optname as u32, len: len as u32, reserved: 0 };
+    let mut payload = KVec::new();
+    if payload.extend_from_slice(&request.encode(), GFP_KERNEL).is_err() || payload.extend_from_slice(&value, GFP_KERNEL).is_err() {
+        return -(bindings::ENOMEM as c_int);
+    }
+    match control_request(wire::VIRTIO_TLS_OP_SETSOCKOPT, socket_of(sk), &payload) {
+        Ok(response) if response.status != 0 => -(response.status as c_int),
+        // SAFETY: as above, with the value the device accepted, in kernel
+        // memory that outlives the call.
+        Ok(_) if generic => unsafe { bindings::sock_setsockopt(sock, level, optname, kernel_sockptr(&value), len as u32) },
+        Ok(_) => 0,
+        Err(error) => error.to_errno(),
+    }
+}
+
+/// getsockopt at a level other than IPPROTO_TLS and SOL_SOCKET (the core
+/// answers SOL_SOCKET itself): GETSOCKOPT when the device takes socket
+/// options, else ENOPROTOOPT.
+fn get_other_level(sk: *mut bindings::sock, level: c_int, optname: c_int, optval: *mut kernel::ffi::c_char, optlen: *mut c_int) -> c_int {
+    if wire::sockopt_route(level as u32, optname as u32) != wire::SockOptRoute::Device || !device_takes_sockopts() {
+        return -(bindings::ENOPROTOOPT as c_int);
+    }
+    let mut room_bytes = [0u8; 4];
+    if let Err(error) = UserSlice::new(optlen as usize, 4).reader().read_slice(&mut room_bytes) {
+        return error.to_errno();
+    }
+    let room = i32::from_ne_bytes(room_bytes);
+    if room < 0 {
+        // As TCP's getsockopt.
+        return -(bindings::EINVAL as c_int);
+    }
+    let max_len = (room as usize).min(MAX_SOCKOPT);
+    let request = wire::SockOptRequest { level: level as u32, optname: optname as u32, len: max_len as u32, reserved: 0 };
+    let value = match control_request_value(wire::VIRTIO_TLS_OP_GETSOCKOPT, socket_of(sk), &request.encode()) {
+        Ok((response, _)) if response.status != 0 => return -(response.status as c_int),
+        Ok((_, value)) => value,
+        Err(error) => return error.to_errno(),
+    };
+    let value = &value[..value.len().min(max_len)];
+    let length = (value.len() as i32).to_ne_bytes();
+    let written = UserSlice::new(optval as usize, value.len())
+        .writer()
+        .write_slice(value)
+        .and_then(|()| UserSlice::new(optlen as usize, 4).writer().write_slice(&length));
+    match written {
+        Ok(()) => 0,
+        Err(error) => error.to_errno(),
+    }
+}
+
+/// Lets SOL_SOCKET setsockopt reach tls_setsockopt (as MPTCP does), so
+/// that options the host connection needs go to the device.
+fn take_sol_socket_options(sock: *mut bindings::socket) {
+    if sock.is_null() {
+        return;
+    }
+    // SAFETY: a socket being set up (socket(), accept()), not yet visible
+    // to another task, so a plain write of its flags races with nothing.
+    unsafe { (*sock).flags |= 1 << bindings::SOCK_CUSTOM_SOCKOPT };
 }
 
 /// SSA's `struct sockaddr_host`: family, port (network order), name[120].
@@ -1152,7 +1433,7 @@ unsafe extern "C" fn tls_connect(
                     device.collect_events();
                     device.entry(socket).and_then(|entry| entry.connect_status)
                 }
-                None => Some(bindings::ENODEV),
+                None => Some(bindings::ECONNRESET),
             }
         };
         match status {
@@ -1342,8 +1623,47 @@ unsafe extern "C" fn tls_poll(file: *mut bindings::file, sock: *mut bindings::so
     mask
 }
 
+/// The socket lock (`lock_sock`) for one call, as TCP takes it: calls on
+/// one socket take turns (one sender, one reader at a time), and a caller
+/// whose buffer faults slowly holds up only its own socket. CONTROL_LOCK,
+/// which every socket needs, is never held across a user copy.
+struct SocketLock(*mut bindings::sock);
+
+impl SocketLock {
+    fn lock(sk: *mut bindings::sock) -> SocketLock {
+        // SAFETY: callers pass the live sock of the socket their syscall
+        // holds; process context.
+        unsafe { bindings::lock_sock_nested(sk, 0) };
+        SocketLock(sk)
+    }
+
+    /// Runs `wait` with the socket lock released (as sk_wait_event does),
+    /// so that the socket's other calls go on meanwhile.
+    fn released<R>(&mut self, wait: impl FnOnce() -> R) -> R {
+        // SAFETY: locked by this guard, and locked again before returning.
+        unsafe { bindings::release_sock(self.0) };
+        let result = wait();
+        // SAFETY: as in `lock`.
+        unsafe { bindings::lock_sock_nested(self.0, 0) };
+        result
+    }
+}
+
+impl Drop for SocketLock {
+    fn drop(&mut self) {
+        // SAFETY: locked by this guard.
+        unsafe { bindings::release_sock(self.0) };
+    }
+}
+
+/// The errno for a call on a socket whose device is gone (unbound,
+/// unplugged): the socket has failed.
+const GONE: c_int = -(bindings::ECONNRESET as c_int);
+
 /// `send`/`write`: as much as fits in the device's credit, in packets of
-/// up to TX_PAYLOAD bytes; waits for credit unless non-blocking.
+/// up to TX_PAYLOAD bytes; waits for credit unless non-blocking. Each
+/// chunk is copied from the caller into a kernel buffer with only the
+/// socket lock held, then sent under CONTROL_LOCK.
 unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings::msghdr, total: usize) -> c_int {
     refresh_connect(sock);
     // SAFETY: the core passes a live socket.
@@ -1351,26 +1671,36 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
         return -(bindings::ENOTCONN as c_int);
     }
     // SAFETY: as above.
-    let socket = socket_of(unsafe { (*sock).sk });
+    let sk = unsafe { (*sock).sk };
+    let socket = socket_of(sk);
     let dontwait = nonblocking(sock, 0);
-    let mut chunk = [0u8; TX_PAYLOAD];
+    let Ok(mut chunk) = KVec::<u8>::from_elem(0, TX_PAYLOAD, GFP_KERNEL) else {
+        return -(bindings::ENOMEM as c_int);
+    };
     let mut sent = 0usize;
     let mut waits = 0u32;
     // SAFETY: the core passes a live socket with its sock.
-    let until = deadline(unsafe { (*(*sock).sk).sk_sndtimeo });
+    let until = deadline(unsafe { (*sk).sk_sndtimeo });
     let total = total.min(i32::MAX as usize);
+    let mut socket_lock = SocketLock::lock(sk);
     while sent < total {
-        let mut guard = ControlGuard::lock();
-        let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
-        device.collect_events();
-        device.collect_rx();
-        let Some(entry) = device.entry(socket) else { return -(bindings::EBADF as c_int) };
-        if let Some(errno) = entry.error {
-            return if sent > 0 { sent as c_int } else { -(errno as c_int) };
-        }
-        let room = (entry.credit() as usize).min(TX_PAYLOAD).min(total - sent);
+        // Only this call sends on the socket (socket lock), so the credit
+        // seen here is still there when the chunk goes out.
+        let room = {
+            let mut guard = ControlGuard::lock();
+            let Some(device) = guard.device() else { return if sent > 0 { sent as c_int } else { GONE } };
+            device.collect_events();
+            device.collect_rx();
+            let entry = match device.open_entry(socket) {
+                Ok(entry) => entry,
+                Err(errno) => return if sent > 0 { sent as c_int } else { errno },
+            };
+            if let Some(errno) = entry.error {
+                return if sent > 0 { sent as c_int } else { -(errno as c_int) };
+            }
+            (entry.credit() as usize).min(TX_PAYLOAD).min(total - sent)
+        };
         if room == 0 {
-            drop(guard);
             if dontwait || passed(until) {
                 return if sent > 0 { sent as c_int } else { -(bindings::EAGAIN as c_int) };
             }
@@ -1378,25 +1708,39 @@ unsafe extern "C" fn tls_sendmsg(sock: *mut bindings::socket, msg: *mut bindings
                 return if sent > 0 { sent as c_int } else { -(bindings::EINTR as c_int) };
             }
             waits += 1;
-            if waits % PROBE_EVERY == 0 {
-                probe_device(socket);
-            }
-            sleep_briefly();
+            socket_lock.released(|| {
+                if waits % PROBE_EVERY == 0 {
+                    probe_device(socket);
+                }
+                sleep_briefly();
+            });
             continue;
         }
-        // SAFETY: copies `room` bytes from the caller's iterator into our
-        // buffer of at least that size.
+        // SAFETY: copies at most `room` (<= TX_PAYLOAD) bytes from the
+        // caller's iterator into our buffer of TX_PAYLOAD bytes; may fault
+        // and sleep, with no driver-wide lock held.
         let copied = unsafe { bindings::_copy_from_iter(chunk.as_mut_ptr().cast::<c_void>(), room, &mut (*msg).msg_iter) };
         if copied == 0 {
             return if sent > 0 { sent as c_int } else { -(bindings::EFAULT as c_int) };
         }
-        if let Err(error) = device.send_packet(socket, wire::VIRTIO_TLS_DATA_OP_RW, &chunk[..copied]) {
-            return if sent > 0 { sent as c_int } else { error.to_errno() };
+        let result = {
+            let mut guard = ControlGuard::lock();
+            match guard.device() {
+                Some(device) => device.send_packet(socket, wire::VIRTIO_TLS_DATA_OP_RW, &chunk[..copied]).map_err(|error| error.to_errno()),
+                None => Err(GONE),
+            }
+        };
+        if let Err(errno) = result {
+            return if sent > 0 { sent as c_int } else { errno };
         }
         sent += copied;
     }
     sent as c_int
 }
+
+/// Most bytes one recv copies out: received data is copied into a kernel
+/// buffer under CONTROL_LOCK and from there to the caller without it.
+const RECV_CHUNK: usize = 64 * 1024;
 
 /// `recv`/`read`: what has arrived, up to `total`; 0 at the peer's
 /// close_notify; waits for data unless non-blocking.
@@ -1407,45 +1751,51 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
         return -(bindings::ENOTCONN as c_int);
     }
     // SAFETY: as above.
-    let socket = socket_of(unsafe { (*sock).sk });
+    let sk = unsafe { (*sock).sk };
+    let socket = socket_of(sk);
     let dontwait = nonblocking(sock, flags);
     let peek = flags as u32 & bindings::MSG_PEEK != 0;
     let mut waits = 0u32;
     // SAFETY: the core passes a live socket with its sock.
-    let until = deadline(unsafe { (*(*sock).sk).sk_rcvtimeo });
+    let until = deadline(unsafe { (*sk).sk_rcvtimeo });
+    if total == 0 {
+        return 0;
+    }
+    let want = total.min(RECV_CHUNK);
+    let Ok(mut bytes) = KVVec::<u8>::with_capacity(want, GFP_KERNEL) else {
+        return -(bindings::ENOMEM as c_int);
+    };
+    // Only this call reads from the socket until it returns (socket
+    // lock): what it copies out stays first in the entry's buffer, to be
+    // consumed after the copy to the caller succeeded.
+    let mut socket_lock = SocketLock::lock(sk);
     loop {
-        let mut guard = ControlGuard::lock();
-        let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
-        device.collect_events();
-        device.collect_rx();
-        let Some(entry) = device.entry(socket) else { return -(bindings::EBADF as c_int) };
-        let unread = entry.unread();
-        if unread > 0 {
-            let n = unread.min(total).min(i32::MAX as usize);
-            let start = entry.rx_start;
-            // SAFETY: copies n bytes of our buffer to the caller's iterator.
-            let copied = unsafe { bindings::_copy_to_iter(entry.rx.as_ptr().add(start).cast::<c_void>(), n, &mut (*msg).msg_iter) };
-            if copied == 0 {
-                return -(bindings::EFAULT as c_int);
-            }
-            if !peek {
-                entry.rx_start += copied;
-                entry.fwd_cnt = entry.fwd_cnt.wrapping_add(copied as u32);
-                entry.compact_rx();
-                // Tell the device about freed room once a quarter moved.
-                if entry.fwd_cnt.wrapping_sub(entry.fwd_reported) >= DRIVER_BUF_ALLOC / 4 {
-                    let _ = device.send_packet(socket, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
+        {
+            let mut guard = ControlGuard::lock();
+            let Some(device) = guard.device() else { return GONE };
+            device.collect_events();
+            device.collect_rx();
+            let entry = match device.open_entry(socket) {
+                Ok(entry) => entry,
+                Err(errno) => return errno,
+            };
+            let unread = entry.unread();
+            if unread > 0 {
+                let n = unread.min(want);
+                let start = entry.rx_start;
+                // Within the capacity reserved above: no allocation here.
+                if bytes.extend_from_slice(&entry.rx[start..start + n], GFP_KERNEL).is_err() {
+                    return -(bindings::ENOMEM as c_int);
                 }
+            } else if let Some(errno) = entry.error {
+                return -(errno as c_int);
+            } else if entry.eof {
+                return 0;
             }
-            return copied as c_int;
         }
-        if let Some(errno) = entry.error {
-            return -(errno as c_int);
+        if !bytes.is_empty() {
+            break;
         }
-        if entry.eof {
-            return 0;
-        }
-        drop(guard);
         if dontwait || passed(until) {
             return -(bindings::EAGAIN as c_int);
         }
@@ -1453,11 +1803,36 @@ unsafe extern "C" fn tls_recvmsg(sock: *mut bindings::socket, msg: *mut bindings
             return -(bindings::EINTR as c_int);
         }
         waits += 1;
-        if waits % PROBE_EVERY == 0 {
-            probe_device(socket);
-        }
-        sleep_briefly();
+        socket_lock.released(|| {
+            if waits % PROBE_EVERY == 0 {
+                probe_device(socket);
+            }
+            sleep_briefly();
+        });
     }
+    // SAFETY: copies our kernel buffer's bytes to the caller's iterator;
+    // may fault and sleep, with no driver-wide lock held.
+    let copied = unsafe { bindings::_copy_to_iter(bytes.as_ptr().cast::<c_void>(), bytes.len(), &mut (*msg).msg_iter) };
+    if copied == 0 {
+        // Nothing consumed: the bytes stay for the next read, as TCP's do.
+        return -(bindings::EFAULT as c_int);
+    }
+    if !peek {
+        let mut guard = ControlGuard::lock();
+        if let Some(device) = guard.device() {
+            if let Ok(entry) = device.open_entry(socket) {
+                entry.rx_start += copied.min(entry.unread());
+                entry.fwd_cnt = entry.fwd_cnt.wrapping_add(copied as u32);
+                entry.compact_rx();
+                // Tell the device about freed room once a quarter moved.
+                if entry.fwd_cnt.wrapping_sub(entry.fwd_reported) >= DRIVER_BUF_ALLOC / 4 {
+                    let _ = device.send_packet(socket, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
+                }
+            }
+        }
+    }
+    drop(socket_lock);
+    copied as c_int
 }
 
 /// `shutdown()`: SHUTDOWN with the bytes sent so far, so the device sends
@@ -1474,9 +1849,10 @@ unsafe extern "C" fn tls_shutdown(sock: *mut bindings::socket, how: c_int) -> c_
     let socket = socket_of(unsafe { (*sock).sk });
     let tx_bytes = {
         let mut guard = ControlGuard::lock();
-        match guard.device().and_then(|device| device.entry(socket)) {
-            Some(entry) => entry.tx_bytes,
-            None => return -(bindings::EBADF as c_int),
+        let Some(device) = guard.device() else { return GONE };
+        match device.open_entry(socket) {
+            Ok(entry) => entry.tx_bytes,
+            Err(errno) => return errno,
         }
     };
     let request = wire::ShutdownRequest { how: how as u32, reserved: 0, tx_bytes };
@@ -1634,7 +2010,7 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
                         device.collect_events();
                         device.entry(listener).is_some_and(|entry| entry.accept_ready)
                     }
-                    None => return -(bindings::ENODEV as c_int),
+                    None => return -(bindings::ECONNRESET as c_int),
                 }
             };
             if ready {
@@ -1667,6 +2043,9 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
         bindings::sock_init_data(newsock, newsk);
         (*newsk).sk_protocol = wire::IPPROTO_TLS as u16;
         (*newsk).__sk_common.skc_state = bindings::TCP_ESTABLISHED as u8;
+        // What an accepted TCP socket inherits from its listener and
+        // sock_init_data does not set as inet_create does (SO_TXREHASH).
+        (*newsk).sk_txrehash = (*sk).sk_txrehash;
         if family as u32 == bindings::AF_INET6 {
             // inet6_sk() finds the IPv6 part through pinet6.
             let tls6 = newsk.cast::<TlsSock6>();
@@ -1679,8 +2058,9 @@ unsafe extern "C" fn tls_accept(sock: *mut bindings::socket, newsock: *mut bindi
         (*tls).peer = peer;
         (*newsock).state = bindings::socket_state_SS_CONNECTED;
     }
+    take_sol_socket_options(newsock);
     let mut guard = ControlGuard::lock();
-    let Some(device) = guard.device() else { return -(bindings::ENODEV as c_int) };
+    let Some(device) = guard.device() else { return -(bindings::ECONNRESET as c_int) };
     if device.entry(accepted).is_some() {
         // As in tls_init: the device gave out the id of an open socket.
         pr_err!("the device gave out socket {} twice: its backend was restarted\n", accepted.id);
@@ -1859,6 +2239,8 @@ impl kernel::Module for VirtioTls {
         let err = unsafe {
             (*driver).driver.name = c_str!("virtio_tls").as_char_ptr();
             (*driver).id_table = ID_TABLE.as_ptr();
+            (*driver).feature_table = FEATURES.as_ptr();
+            (*driver).feature_table_size = FEATURES.len() as core::ffi::c_uint;
             (*driver).probe = Some(probe);
             (*driver).remove = Some(remove);
             bindings::__register_virtio_driver(driver, module.as_ptr())

@@ -7,15 +7,31 @@
 //! Checked: a refused value changes nothing (SSA: setsockopt fails
 //! without effect); the socket's version range stays inside the policy's
 //! and non-empty; every option a socket owns can be read back.
+//!
+//! With bit 1 of the first byte set, the records are options at the other
+//! levels (spec 2.6.10: SOL_SOCKET, IPPROTO_TCP, IPPROTO_IP, IPPROTO_IPV6
+//! and a level no socket has) as the device handles them: tls-engine's
+//! table decides, Linux validates on a stand-in TCP socket of the guest's
+//! family (bit 2: AF_INET6), accepted values are kept. Each record: the
+//! kind byte's low 3 bits pick the level, bit 3 GET instead of SET, bit 7
+//! a two-byte option number; the value's first byte(s) are the option
+//! number, the rest the value (GET: its length is the room). Checked: the
+//! table's invariants (guest-routed options never reach the host, nothing
+//! is refused to read but the host firewall's numbers, AF_INET sockets
+//! have no IPPROTO_IPV6 option), and what was kept applies, in order, to
+//! a fresh socket as it did to the stand-in.
 #![no_main]
 
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tls_engine::options::{Phase, SocketOptions};
+use tls_engine::sockopt::{disposition, protocol_value, Access, Disposition, Family, HostOptions, MAX_KEPT_VALUE};
+use vhost_tls::sockopt;
 use tls_engine::{Policy, TlsVersion};
 use vhost_tls_fuzz::{option_number, Records, OPTION_NUMBERS};
-use virtio_tls_spec as wire;
+use virtio_tls_spec::{self as wire, SockOptRoute};
 
 fn policies() -> &'static [Policy; 2] {
     static POLICIES: OnceLock<[Policy; 2]> = OnceLock::new();
@@ -37,8 +53,63 @@ fn has_identity(options: &SocketOptions) -> bool {
     options.own_identity().is_some()
 }
 
+const LEVELS: [u32; 5] =
+    [wire::VIRTIO_TLS_SOL_SOCKET, wire::VIRTIO_TLS_SOL_TCP, wire::VIRTIO_TLS_SOL_IP, wire::VIRTIO_TLS_SOL_IPV6, 200];
+
+fn other_levels(family: Family, records: &[u8]) {
+    let Ok(stand_in) = sockopt::stand_in(family) else { return };
+    let mut kept = HostOptions::default();
+    for (kind, value) in Records::new(records) {
+        let level = LEVELS[usize::from(kind & 7) % LEVELS.len()];
+        let access = if kind & 8 == 0 { Access::Set } else { Access::Get };
+        let (optname, value) = match (kind & 0x80 != 0, value) {
+            (true, [low, high, rest @ ..]) => (u32::from(*low) | u32::from(*high) << 8, rest),
+            (_, [low, rest @ ..]) => (u32::from(*low), rest),
+            _ => continue,
+        };
+        let answer = disposition(family, access, level, optname, value);
+        if level == wire::VIRTIO_TLS_SOL_SOCKET && wire::sockopt_route(level, optname) == SockOptRoute::Guest {
+            assert!(
+                matches!(answer, Disposition::Own | Disposition::Protocol | Disposition::Fail(_)),
+                "guest-routed SOL_SOCKET {optname} reached the host: {answer:?}"
+            );
+        }
+        if level == wire::VIRTIO_TLS_SOL_IPV6 && family == Family::Inet {
+            assert!(matches!(answer, Disposition::Fail(_)), "IPPROTO_IPV6 {optname} on AF_INET: {answer:?}");
+        }
+        if access == Access::Get && answer == Disposition::Refused {
+            assert!(matches!(optname, 64..=67 | 80 | 96..=99 | 128..=133 | 0x480..=0x4ff), "reading {optname} refused");
+        }
+        match (answer, access) {
+            (Disposition::Host, Access::Set) => {
+                if sockopt::set_raw(stand_in.as_fd(), level, optname, value).is_ok() {
+                    kept.keep(level, optname, value);
+                }
+            }
+            (Disposition::Host, Access::Get) => {
+                if let Ok(read) = sockopt::get_raw(stand_in.as_fd(), level, optname, value.len()) {
+                    assert!(read.len() <= value.len(), "GET wrote {} bytes into {}", read.len(), value.len());
+                }
+            }
+            (Disposition::Protocol, Access::Get) => assert!(protocol_value(level, value.len()).len() <= value.len()),
+            _ => {}
+        }
+        assert!(kept.iter().all(|option| option.value.len() <= MAX_KEPT_VALUE));
+    }
+    // What a host socket created later gets: every kept option applies.
+    let Ok(fresh) = sockopt::stand_in(family) else { return };
+    for option in kept.iter() {
+        let result = sockopt::set_raw(fresh.as_fd(), option.level, option.optname, &option.value);
+        assert!(result.is_ok(), "kept option {} at {} does not apply again: {result:?}", option.optname, option.level);
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let Some((&policy_selector, records)) = input.split_first() else { return };
+    if policy_selector & 2 != 0 {
+        let family = if policy_selector & 4 != 0 { Family::Inet6 } else { Family::Inet };
+        return other_levels(family, records);
+    }
     let policy = &policies()[usize::from(policy_selector & 1)];
     let mut options = SocketOptions::default();
     for (kind, value) in Records::new(records) {

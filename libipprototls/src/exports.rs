@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use libc::{epoll_event, fd_set, iovec, msghdr, nfds_t, pollfd, size_t, sockaddr, socklen_t, ssize_t, timeval, FILE};
 use tls_engine::errno::Errno;
+use tls_engine::sockopt::Access;
 use virtio_tls_spec as wire;
 
 use crate::conn::{State, TlsSocket};
 use crate::table::{self, Handle};
-use crate::{config, io, readiness, real, server, sockaddr as address};
+use crate::{config, io, readiness, real, server, sockaddr as address, sockopt};
 
 const IPPROTO_TLS: c_int = wire::IPPROTO_TLS as c_int;
 
@@ -510,8 +511,22 @@ refuse_lio!(lio_listio, lio_listio64);
 pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
     let handle = match table::lookup(fd) {
         Some(handle) if level == IPPROTO_TLS => handle,
-        // SAFETY: passing the program's call on.
-        Some(handle) => return unsafe { real::setsockopt(kernel_socket(&handle, fd), level, name, value, len) },
+        Some(handle) => {
+            // The table (spec 2.6.10) looks at an integer value at most.
+            let start = if value.is_null() {
+                &[][..]
+            } else {
+                // SAFETY: the program passes len readable bytes; this reads at most 4 of them.
+                unsafe { std::slice::from_raw_parts(value.cast::<u8>(), (len as usize).min(4)) }
+            };
+            let family = table::lock(&handle).family();
+            return match sockopt::answer(family, Access::Set, level, name, start) {
+                // SAFETY: passing the program's call on.
+                sockopt::Answer::Kernel => unsafe { real::setsockopt(kernel_socket(&handle, fd), level, name, value, len) },
+                sockopt::Answer::Protocol => fail(Errno::ENOPROTOOPT),
+                sockopt::Answer::Fail(errno) => fail(errno),
+            };
+        }
         // SAFETY: passing the program's call on.
         None => return unsafe { real::setsockopt(fd, level, name, value, len) },
     };
@@ -557,9 +572,25 @@ pub unsafe extern "C" fn getsockopt(fd: c_int, level: c_int, name: c_int, value:
                 None => return unsafe { real::getsockopt(kernel_socket(&handle, fd), level, name, value, len) },
             }
         }
-        (libc::SOL_SOCKET, libc::SO_PROTOCOL) => Ok(IPPROTO_TLS.to_ne_bytes().to_vec()),
-        // SAFETY: passing the program's call on.
-        _ => return unsafe { real::getsockopt(kernel_socket(&handle, fd), level, name, value, len) },
+        _ => {
+            let family = table::lock(&handle).family();
+            match sockopt::answer(family, Access::Get, level, name, &[]) {
+                // SAFETY: passing the program's call on.
+                sockopt::Answer::Kernel => return unsafe { real::getsockopt(kernel_socket(&handle, fd), level, name, value, len) },
+                sockopt::Answer::Fail(errno) => Err(errno),
+                sockopt::Answer::Protocol => {
+                    if len.is_null() {
+                        return fail(Errno::EFAULT);
+                    }
+                    // SAFETY: checked non-null; the program's socklen_t.
+                    let room = unsafe { *len } as c_int;
+                    if room < 0 {
+                        return fail(Errno::EINVAL);
+                    }
+                    Ok(tls_engine::sockopt::protocol_value(level as u32, room as usize))
+                }
+            }
+        }
     };
     match answer {
         Ok(bytes) => {

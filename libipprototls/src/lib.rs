@@ -18,6 +18,7 @@ mod readiness;
 mod real;
 mod server;
 mod sockaddr;
+mod sockopt;
 mod table;
 
 pub use config::{POLICY_ENV, SYSTEM_POLICY};

@@ -31,6 +31,9 @@ pub const VIRTIO_TLS_F_IPV6: u32 = 0;
 pub const VIRTIO_TLS_F_HOSTNAME: u32 = 1;
 /// The device supports server sockets (BIND, LISTEN, ACCEPT).
 pub const VIRTIO_TLS_F_SERVER: u32 = 2;
+/// The device takes socket options at the levels SOL_SOCKET, IPPROTO_TCP,
+/// IPPROTO_IP and IPPROTO_IPV6 (SETSOCKOPT, GETSOCKOPT; spec 2.6.10).
+pub const VIRTIO_TLS_F_SOCKOPT: u32 = 3;
 /// VIRTIO_F_VERSION_1: the device is a modern (virtio 1.x) device.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 
@@ -179,6 +182,12 @@ pub const VIRTIO_TLS_OP_LISTEN: u16 = 8;
 /// ACCEPT (`VIRTIO_TLS_F_SERVER`): payload [`AcceptRequest`]; response
 /// `socket_id` is the accepted socket, its value the client's [`SockAddr`].
 pub const VIRTIO_TLS_OP_ACCEPT: u16 = 9;
+/// SETSOCKOPT (`VIRTIO_TLS_F_SOCKOPT`): payload [`SockOptRequest`] followed
+/// by `len` value bytes; an option at another level than IPPROTO_TLS.
+pub const VIRTIO_TLS_OP_SETSOCKOPT: u16 = 10;
+/// GETSOCKOPT (`VIRTIO_TLS_F_SOCKOPT`): payload [`SockOptRequest`]; the
+/// value (at most `len` bytes) follows the response.
+pub const VIRTIO_TLS_OP_GETSOCKOPT: u16 = 11;
 
 wire_struct! {
     /// Header of every control request (device-readable).
@@ -253,6 +262,21 @@ wire_struct! {
         pub optname: u32,
         /// Room the driver has for the value (bytes after the response).
         pub max_len: u32,
+    }
+}
+
+wire_struct! {
+    /// SETSOCKOPT and GETSOCKOPT payload (spec 2.6.10).
+    pub struct SockOptRequest {
+        /// `VIRTIO_TLS_SOL_*`: Linux's level number.
+        pub level: u32,
+        /// Linux's option number at that level.
+        pub optname: u32,
+        /// SETSOCKOPT: bytes of value that follow. GETSOCKOPT: room the
+        /// driver has for the value after the response.
+        pub len: u32,
+        /// Must be zero.
+        pub reserved: u32,
     }
 }
 
@@ -527,3 +551,281 @@ pub const TLS_1_3: u32 = 3;
 
 /// Longest TLS_ERROR reason a device returns, bytes.
 pub const MAX_ERROR_LEN: usize = 255;
+
+// ---------------------------------------------------------------------------
+// Socket options at other levels (spec 2.6.10, VIRTIO_TLS_F_SOCKOPT).
+// Levels and option numbers are Linux's, on every host and guest: the
+// guest's numbers are sent unchanged and the device applies them to its own
+// (Linux) TCP socket. Every option the specification's table lists has its
+// name here; any other number is ENOPROTOOPT.
+// ---------------------------------------------------------------------------
+
+pub const VIRTIO_TLS_SOL_IP: u32 = 0;
+pub const VIRTIO_TLS_SOL_SOCKET: u32 = 1;
+pub const VIRTIO_TLS_SOL_TCP: u32 = 6;
+pub const VIRTIO_TLS_SOL_IPV6: u32 = 41;
+
+// SOL_SOCKET (asm-generic/socket.h: x86, arm64, riscv and most others).
+pub const SO_DEBUG: u32 = 1;
+pub const SO_REUSEADDR: u32 = 2;
+pub const SO_TYPE: u32 = 3;
+pub const SO_ERROR: u32 = 4;
+pub const SO_DONTROUTE: u32 = 5;
+pub const SO_BROADCAST: u32 = 6;
+pub const SO_SNDBUF: u32 = 7;
+pub const SO_RCVBUF: u32 = 8;
+pub const SO_KEEPALIVE: u32 = 9;
+pub const SO_OOBINLINE: u32 = 10;
+pub const SO_NO_CHECK: u32 = 11;
+pub const SO_PRIORITY: u32 = 12;
+pub const SO_LINGER: u32 = 13;
+pub const SO_BSDCOMPAT: u32 = 14;
+pub const SO_REUSEPORT: u32 = 15;
+pub const SO_PASSCRED: u32 = 16;
+pub const SO_PEERCRED: u32 = 17;
+pub const SO_RCVLOWAT: u32 = 18;
+pub const SO_SNDLOWAT: u32 = 19;
+pub const SO_RCVTIMEO_OLD: u32 = 20;
+pub const SO_SNDTIMEO_OLD: u32 = 21;
+pub const SO_SECURITY_AUTHENTICATION: u32 = 22;
+pub const SO_SECURITY_ENCRYPTION_TRANSPORT: u32 = 23;
+pub const SO_SECURITY_ENCRYPTION_NETWORK: u32 = 24;
+pub const SO_BINDTODEVICE: u32 = 25;
+pub const SO_ATTACH_FILTER: u32 = 26;
+pub const SO_DETACH_FILTER: u32 = 27;
+pub const SO_PEERNAME: u32 = 28;
+pub const SO_TIMESTAMP_OLD: u32 = 29;
+pub const SO_ACCEPTCONN: u32 = 30;
+pub const SO_PEERSEC: u32 = 31;
+pub const SO_SNDBUFFORCE: u32 = 32;
+pub const SO_RCVBUFFORCE: u32 = 33;
+pub const SO_PASSSEC: u32 = 34;
+pub const SO_TIMESTAMPNS_OLD: u32 = 35;
+pub const SO_MARK: u32 = 36;
+pub const SO_TIMESTAMPING_OLD: u32 = 37;
+pub const SO_PROTOCOL: u32 = 38;
+pub const SO_DOMAIN: u32 = 39;
+pub const SO_RXQ_OVFL: u32 = 40;
+pub const SO_WIFI_STATUS: u32 = 41;
+pub const SO_PEEK_OFF: u32 = 42;
+pub const SO_NOFCS: u32 = 43;
+pub const SO_LOCK_FILTER: u32 = 44;
+pub const SO_SELECT_ERR_QUEUE: u32 = 45;
+pub const SO_BUSY_POLL: u32 = 46;
+pub const SO_MAX_PACING_RATE: u32 = 47;
+pub const SO_BPF_EXTENSIONS: u32 = 48;
+pub const SO_INCOMING_CPU: u32 = 49;
+pub const SO_ATTACH_BPF: u32 = 50;
+pub const SO_ATTACH_REUSEPORT_CBPF: u32 = 51;
+pub const SO_ATTACH_REUSEPORT_EBPF: u32 = 52;
+pub const SO_CNX_ADVICE: u32 = 53;
+pub const SO_MEMINFO: u32 = 55;
+pub const SO_INCOMING_NAPI_ID: u32 = 56;
+pub const SO_COOKIE: u32 = 57;
+pub const SO_PEERGROUPS: u32 = 59;
+pub const SO_ZEROCOPY: u32 = 60;
+pub const SO_TXTIME: u32 = 61;
+pub const SO_BINDTOIFINDEX: u32 = 62;
+pub const SO_TIMESTAMP_NEW: u32 = 63;
+pub const SO_TIMESTAMPNS_NEW: u32 = 64;
+pub const SO_TIMESTAMPING_NEW: u32 = 65;
+pub const SO_RCVTIMEO_NEW: u32 = 66;
+pub const SO_SNDTIMEO_NEW: u32 = 67;
+pub const SO_DETACH_REUSEPORT_BPF: u32 = 68;
+pub const SO_PREFER_BUSY_POLL: u32 = 69;
+pub const SO_BUSY_POLL_BUDGET: u32 = 70;
+pub const SO_NETNS_COOKIE: u32 = 71;
+pub const SO_BUF_LOCK: u32 = 72;
+pub const SO_RESERVE_MEM: u32 = 73;
+pub const SO_TXREHASH: u32 = 74;
+pub const SO_RCVMARK: u32 = 75;
+pub const SO_PASSPIDFD: u32 = 76;
+pub const SO_PEERPIDFD: u32 = 77;
+pub const SO_DEVMEM_LINEAR: u32 = 78;
+pub const SO_DEVMEM_DMABUF: u32 = 79;
+pub const SO_DEVMEM_DONTNEED: u32 = 80;
+
+// IPPROTO_TCP (linux/tcp.h).
+pub const TCP_NODELAY: u32 = 1;
+pub const TCP_MAXSEG: u32 = 2;
+pub const TCP_CORK: u32 = 3;
+pub const TCP_KEEPIDLE: u32 = 4;
+pub const TCP_KEEPINTVL: u32 = 5;
+pub const TCP_KEEPCNT: u32 = 6;
+pub const TCP_SYNCNT: u32 = 7;
+pub const TCP_LINGER2: u32 = 8;
+pub const TCP_DEFER_ACCEPT: u32 = 9;
+pub const TCP_WINDOW_CLAMP: u32 = 10;
+pub const TCP_INFO: u32 = 11;
+pub const TCP_QUICKACK: u32 = 12;
+pub const TCP_CONGESTION: u32 = 13;
+pub const TCP_MD5SIG: u32 = 14;
+pub const TCP_THIN_LINEAR_TIMEOUTS: u32 = 16;
+pub const TCP_THIN_DUPACK: u32 = 17;
+pub const TCP_USER_TIMEOUT: u32 = 18;
+pub const TCP_REPAIR: u32 = 19;
+pub const TCP_REPAIR_QUEUE: u32 = 20;
+pub const TCP_QUEUE_SEQ: u32 = 21;
+pub const TCP_REPAIR_OPTIONS: u32 = 22;
+pub const TCP_FASTOPEN: u32 = 23;
+pub const TCP_TIMESTAMP: u32 = 24;
+pub const TCP_NOTSENT_LOWAT: u32 = 25;
+pub const TCP_CC_INFO: u32 = 26;
+pub const TCP_SAVE_SYN: u32 = 27;
+pub const TCP_SAVED_SYN: u32 = 28;
+pub const TCP_REPAIR_WINDOW: u32 = 29;
+pub const TCP_FASTOPEN_CONNECT: u32 = 30;
+pub const TCP_ULP: u32 = 31;
+pub const TCP_MD5SIG_EXT: u32 = 32;
+pub const TCP_FASTOPEN_KEY: u32 = 33;
+pub const TCP_FASTOPEN_NO_COOKIE: u32 = 34;
+pub const TCP_ZEROCOPY_RECEIVE: u32 = 35;
+pub const TCP_INQ: u32 = 36;
+pub const TCP_TX_DELAY: u32 = 37;
+pub const TCP_AO_ADD_KEY: u32 = 38;
+pub const TCP_AO_DEL_KEY: u32 = 39;
+pub const TCP_AO_INFO: u32 = 40;
+pub const TCP_AO_GET_KEYS: u32 = 41;
+pub const TCP_AO_REPAIR: u32 = 42;
+pub const TCP_IS_MPTCP: u32 = 43;
+
+// IPPROTO_IP (linux/in.h).
+pub const IP_TOS: u32 = 1;
+pub const IP_TTL: u32 = 2;
+pub const IP_HDRINCL: u32 = 3;
+pub const IP_OPTIONS: u32 = 4;
+pub const IP_ROUTER_ALERT: u32 = 5;
+pub const IP_RECVOPTS: u32 = 6;
+pub const IP_RETOPTS: u32 = 7;
+pub const IP_PKTINFO: u32 = 8;
+pub const IP_PKTOPTIONS: u32 = 9;
+pub const IP_MTU_DISCOVER: u32 = 10;
+pub const IP_RECVERR: u32 = 11;
+pub const IP_RECVTTL: u32 = 12;
+pub const IP_RECVTOS: u32 = 13;
+pub const IP_MTU: u32 = 14;
+pub const IP_FREEBIND: u32 = 15;
+pub const IP_IPSEC_POLICY: u32 = 16;
+pub const IP_XFRM_POLICY: u32 = 17;
+pub const IP_PASSSEC: u32 = 18;
+pub const IP_TRANSPARENT: u32 = 19;
+pub const IP_RECVORIGDSTADDR: u32 = 20;
+pub const IP_MINTTL: u32 = 21;
+pub const IP_NODEFRAG: u32 = 22;
+pub const IP_CHECKSUM: u32 = 23;
+pub const IP_BIND_ADDRESS_NO_PORT: u32 = 24;
+pub const IP_RECVFRAGSIZE: u32 = 25;
+pub const IP_RECVERR_RFC4884: u32 = 26;
+pub const IP_MULTICAST_IF: u32 = 32;
+pub const IP_MULTICAST_TTL: u32 = 33;
+pub const IP_MULTICAST_LOOP: u32 = 34;
+pub const IP_ADD_MEMBERSHIP: u32 = 35;
+pub const IP_DROP_MEMBERSHIP: u32 = 36;
+pub const IP_UNBLOCK_SOURCE: u32 = 37;
+pub const IP_BLOCK_SOURCE: u32 = 38;
+pub const IP_ADD_SOURCE_MEMBERSHIP: u32 = 39;
+pub const IP_DROP_SOURCE_MEMBERSHIP: u32 = 40;
+pub const IP_MSFILTER: u32 = 41;
+pub const MCAST_JOIN_GROUP: u32 = 42;
+pub const MCAST_BLOCK_SOURCE: u32 = 43;
+pub const MCAST_UNBLOCK_SOURCE: u32 = 44;
+pub const MCAST_LEAVE_GROUP: u32 = 45;
+pub const MCAST_JOIN_SOURCE_GROUP: u32 = 46;
+pub const MCAST_LEAVE_SOURCE_GROUP: u32 = 47;
+pub const MCAST_MSFILTER: u32 = 48;
+pub const IP_MULTICAST_ALL: u32 = 49;
+pub const IP_UNICAST_IF: u32 = 50;
+pub const IP_LOCAL_PORT_RANGE: u32 = 51;
+pub const IP_PROTOCOL: u32 = 52;
+/// iptables' `SO_ORIGINAL_DST` (level IPPROTO_IP and IPPROTO_IPV6), one of
+/// the host firewall's options that a TCP socket passes to netfilter.
+pub const SO_ORIGINAL_DST: u32 = 80;
+
+// IPPROTO_IPV6 (linux/in6.h).
+pub const IPV6_ADDRFORM: u32 = 1;
+pub const IPV6_2292PKTINFO: u32 = 2;
+pub const IPV6_2292HOPOPTS: u32 = 3;
+pub const IPV6_2292DSTOPTS: u32 = 4;
+pub const IPV6_2292RTHDR: u32 = 5;
+pub const IPV6_2292PKTOPTIONS: u32 = 6;
+pub const IPV6_CHECKSUM: u32 = 7;
+pub const IPV6_2292HOPLIMIT: u32 = 8;
+pub const IPV6_NEXTHOP: u32 = 9;
+pub const IPV6_AUTHHDR: u32 = 10;
+pub const IPV6_FLOWINFO: u32 = 11;
+pub const IPV6_UNICAST_HOPS: u32 = 16;
+pub const IPV6_MULTICAST_IF: u32 = 17;
+pub const IPV6_MULTICAST_HOPS: u32 = 18;
+pub const IPV6_MULTICAST_LOOP: u32 = 19;
+pub const IPV6_ADD_MEMBERSHIP: u32 = 20;
+pub const IPV6_DROP_MEMBERSHIP: u32 = 21;
+pub const IPV6_ROUTER_ALERT: u32 = 22;
+pub const IPV6_MTU_DISCOVER: u32 = 23;
+pub const IPV6_MTU: u32 = 24;
+pub const IPV6_RECVERR: u32 = 25;
+pub const IPV6_V6ONLY: u32 = 26;
+pub const IPV6_JOIN_ANYCAST: u32 = 27;
+pub const IPV6_LEAVE_ANYCAST: u32 = 28;
+pub const IPV6_MULTICAST_ALL: u32 = 29;
+pub const IPV6_ROUTER_ALERT_ISOLATE: u32 = 30;
+pub const IPV6_RECVERR_RFC4884: u32 = 31;
+pub const IPV6_FLOWLABEL_MGR: u32 = 32;
+pub const IPV6_FLOWINFO_SEND: u32 = 33;
+pub const IPV6_IPSEC_POLICY: u32 = 34;
+pub const IPV6_XFRM_POLICY: u32 = 35;
+pub const IPV6_HDRINCL: u32 = 36;
+pub const IPV6_RECVPKTINFO: u32 = 49;
+pub const IPV6_PKTINFO: u32 = 50;
+pub const IPV6_RECVHOPLIMIT: u32 = 51;
+pub const IPV6_HOPLIMIT: u32 = 52;
+pub const IPV6_RECVHOPOPTS: u32 = 53;
+pub const IPV6_HOPOPTS: u32 = 54;
+pub const IPV6_RTHDRDSTOPTS: u32 = 55;
+pub const IPV6_RECVRTHDR: u32 = 56;
+pub const IPV6_RTHDR: u32 = 57;
+pub const IPV6_RECVDSTOPTS: u32 = 58;
+pub const IPV6_DSTOPTS: u32 = 59;
+pub const IPV6_RECVPATHMTU: u32 = 60;
+pub const IPV6_PATHMTU: u32 = 61;
+pub const IPV6_DONTFRAG: u32 = 62;
+pub const IPV6_RECVTCLASS: u32 = 66;
+pub const IPV6_TCLASS: u32 = 67;
+pub const IPV6_AUTOFLOWLABEL: u32 = 70;
+pub const IPV6_ADDR_PREFERENCES: u32 = 72;
+pub const IPV6_MINHOPCOUNT: u32 = 73;
+pub const IPV6_ORIGDSTADDR: u32 = 74;
+pub const IPV6_TRANSPARENT: u32 = 75;
+pub const IPV6_UNICAST_IF: u32 = 76;
+pub const IPV6_RECVFRAGSIZE: u32 = 77;
+pub const IPV6_FREEBIND: u32 = 78;
+
+/// Where a socket option of an IPPROTO_TLS socket is handled (spec 2.6.10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockOptRoute {
+    /// The driver sends SETSOCKOPT/GETSOCKOPT to the device, which answers
+    /// (applies it to the host connection, refuses it, or ENOPROTOOPT).
+    Device,
+    /// The guest socket's own state: the guest kernel's generic socket code
+    /// answers; the device never hears of it.
+    Guest,
+}
+
+/// The route of option `optname` at `level` (Linux numbers). Levels other
+/// than the four of spec 2.6.10 and IPPROTO_TLS are not socket options of an
+/// IPPROTO_TLS socket at all; they are routed to the device, which answers
+/// ENOPROTOOPT as a TCP socket does.
+pub const fn sockopt_route(level: u32, optname: u32) -> SockOptRoute {
+    if level != VIRTIO_TLS_SOL_SOCKET {
+        return SockOptRoute::Device;
+    }
+    match optname {
+        // Reach the host connection.
+        SO_REUSEADDR | SO_REUSEPORT | SO_KEEPALIVE | SO_LINGER | SO_PRIORITY | SO_DONTROUTE
+        | SO_MAX_PACING_RATE
+        // Refused by the device's policy: they would name the host's
+        // interfaces, marks or listening-socket load balancing.
+        | SO_BINDTODEVICE | SO_BINDTOIFINDEX | SO_MARK | SO_ATTACH_REUSEPORT_CBPF
+        | SO_ATTACH_REUSEPORT_EBPF | SO_DETACH_REUSEPORT_BPF => SockOptRoute::Device,
+        _ => SockOptRoute::Guest,
+    }
+}

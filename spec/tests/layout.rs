@@ -35,6 +35,11 @@ fn control_layout() {
     assert_eq!(GetOptRequest::SIZE, 8);
     assert_eq!(offset_of!(GetOptRequest, max_len), 4);
     assert_eq!(ShutdownRequest::SIZE, 16);
+    assert_eq!(SockOptRequest::SIZE, 16);
+    assert_eq!(offset_of!(SockOptRequest, level), 0);
+    assert_eq!(offset_of!(SockOptRequest, optname), 4);
+    assert_eq!(offset_of!(SockOptRequest, len), 8);
+    assert_eq!(offset_of!(SockOptRequest, reserved), 12);
     assert_eq!(ListenRequest::SIZE, 8);
     assert_eq!(offset_of!(ListenRequest, backlog), 0);
     assert_eq!(AcceptRequest::SIZE, 8);
@@ -110,4 +115,30 @@ fn ssa_numbers() {
     assert_eq!(IPPROTO_TLS, 715 % 255);
     assert_eq!((TLS_HOSTNAME, TLS_REMOTE_HOSTNAME, TLS_ERROR, TLS_VERSION_MIN, TLS_CHOSEN_VERSION), (85, 85, 100, 111, 113));
     assert_eq!((TLS_1_2, TLS_1_3, AF_HOSTNAME), (2, 3, 43));
+}
+
+#[test]
+fn sockopt_numbers_and_routes() {
+    assert_eq!((VIRTIO_TLS_F_SOCKOPT, VIRTIO_TLS_OP_SETSOCKOPT, VIRTIO_TLS_OP_GETSOCKOPT), (3, 10, 11));
+    assert_eq!((VIRTIO_TLS_SOL_IP, VIRTIO_TLS_SOL_SOCKET, VIRTIO_TLS_SOL_TCP, VIRTIO_TLS_SOL_IPV6), (0, 1, 6, 41));
+    assert_eq!((SO_KEEPALIVE, SO_LINGER, SO_REUSEPORT, SO_BINDTODEVICE, SO_MARK, SO_BINDTOIFINDEX), (9, 13, 15, 25, 36, 62));
+    assert_eq!((TCP_NODELAY, TCP_INFO, TCP_USER_TIMEOUT, TCP_IS_MPTCP), (1, 11, 18, 43));
+    assert_eq!((IP_TOS, IP_TRANSPARENT, IP_PROTOCOL, IPV6_V6ONLY, IPV6_TCLASS, IPV6_FREEBIND), (1, 19, 52, 26, 67, 78));
+    let request = SockOptRequest { level: VIRTIO_TLS_SOL_TCP, optname: TCP_NODELAY, len: 4, reserved: 0 };
+    let bytes = request.encode();
+    assert_eq!(&bytes[0..4], &6u32.to_le_bytes());
+    assert_eq!(&bytes[8..12], &4u32.to_le_bytes());
+    assert_eq!(SockOptRequest::decode(&bytes), Some(request));
+
+    for device in [SO_KEEPALIVE, SO_LINGER, SO_REUSEADDR, SO_REUSEPORT, SO_PRIORITY, SO_BINDTODEVICE, SO_MARK, SO_BINDTOIFINDEX] {
+        assert_eq!(sockopt_route(VIRTIO_TLS_SOL_SOCKET, device), SockOptRoute::Device, "SOL_SOCKET {device}");
+    }
+    for guest in [SO_RCVBUF, SO_SNDBUF, SO_RCVTIMEO_OLD, SO_SNDTIMEO_NEW, SO_ERROR, SO_TYPE, SO_PROTOCOL, SO_DOMAIN, SO_ACCEPTCONN, SO_RCVLOWAT, 1000] {
+        assert_eq!(sockopt_route(VIRTIO_TLS_SOL_SOCKET, guest), SockOptRoute::Guest, "SOL_SOCKET {guest}");
+    }
+    for level in [VIRTIO_TLS_SOL_TCP, VIRTIO_TLS_SOL_IP, VIRTIO_TLS_SOL_IPV6] {
+        for optname in [0, TCP_NODELAY, SO_RCVBUF, IP_TOS, 1000] {
+            assert_eq!(sockopt_route(level, optname), SockOptRoute::Device);
+        }
+    }
 }

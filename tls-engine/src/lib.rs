@@ -14,6 +14,7 @@ pub mod getopt;
 pub mod limits;
 pub mod options;
 pub mod policy;
+pub mod sockopt;
 pub mod tls;
 
 pub use errno::Errno;

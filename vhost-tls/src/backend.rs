@@ -106,6 +106,7 @@ impl VhostUserBackend for VhostTlsBackend {
             | (1 << wire::VIRTIO_TLS_F_IPV6)
             | (1 << wire::VIRTIO_TLS_F_HOSTNAME)
             | (1 << wire::VIRTIO_TLS_F_SERVER)
+            | (1 << wire::VIRTIO_TLS_F_SOCKOPT)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 

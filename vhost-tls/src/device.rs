@@ -16,6 +16,7 @@ use tls_engine::errno::{Errno, Failure};
 use tls_engine::getopt::{option_value, SocketState};
 use tls_engine::limits::{admit_handshake, HandshakeRefusal};
 use tls_engine::options::{parse_hostname, Phase as OptionPhase};
+use tls_engine::sockopt::{disposition as sockopt_disposition, level_name, Access, Disposition, Family};
 use tls_engine::tls::{ClientContext, ServerContext};
 use tls_engine::Policy;
 use virtio_tls_spec::{self as wire, CtrlHeader, CtrlResponse, DataHeader, Event};
@@ -27,6 +28,7 @@ use crate::limits::{HandshakeBucket, LimitWarnings};
 use crate::listener::Listener;
 use crate::queues::{self, MemoryGuard, ReadOutcome, Vring};
 use crate::socket::{Notice, Phase, Socket};
+use crate::sockopt;
 use crate::telemetry::{Direction, Outcome, Snapshot, Telemetry};
 
 const WAKER: Token = Token(usize::MAX);
@@ -424,6 +426,11 @@ impl Device {
                 Ok((new_id, peer)) => return (CtrlResponse { socket_id: new_id, ..Default::default() }, peer.encode().to_vec()),
                 Err(errno) => Err(errno),
             },
+            wire::VIRTIO_TLS_OP_SETSOCKOPT => self.set_socket_option(id, payload),
+            wire::VIRTIO_TLS_OP_GETSOCKOPT => match self.get_socket_option(id, payload) {
+                Ok(value) => return (CtrlResponse { socket_id: id, ..Default::default() }, value),
+                Err(errno) => Err(errno),
+            },
             _ => Err(Errno::EOPNOTSUPP),
         };
         match result {
@@ -463,6 +470,7 @@ impl Device {
         let id = self.allocate_id();
         let mut socket = Socket::new(id, request.queue_pair);
         socket.driver_buf_alloc = request.buf_alloc;
+        socket.family = if request.family == wire::VIRTIO_TLS_AF_INET6 { Family::Inet6 } else { Family::Inet };
         self.sockets.insert(id, socket);
         tracing::debug!(socket = id, "created");
         Ok(id)
@@ -522,6 +530,52 @@ impl Device {
             accepted_for_name,
         };
         option_value(&policy, &state, request.optname, request.max_len as usize)
+    }
+
+    /// SETSOCKOPT (spec 2.6.10): tls-engine's table decides; Linux
+    /// validates the value on the host socket or its stand-in.
+    fn set_socket_option(&mut self, id: u32, payload: &[u8]) -> Result<(), Errno> {
+        let request = wire::SockOptRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        let value = &payload[wire::SockOptRequest::SIZE..];
+        if request.reserved != 0 || request.len as usize != value.len() {
+            return Err(Errno::EINVAL);
+        }
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        let (level, optname) = (request.level, request.optname);
+        match sockopt_disposition(socket.family, Access::Set, level, optname, value) {
+            Disposition::Host => {
+                sockopt::set_raw(socket.option_socket()?, level, optname, value)?;
+                socket.host_options.keep(level, optname, value);
+                Ok(())
+            }
+            Disposition::Refused => {
+                self.telemetry.metrics.sockopt_refused += 1;
+                self.limit_warnings.refused_sockopts.warn_refusal(&format!(
+                    "the policy refuses socket option {optname} at {} (socket {id}): EPERM",
+                    level_name(level)
+                ));
+                Err(Errno::EPERM)
+            }
+            Disposition::Fail(errno) => Err(errno),
+            Disposition::Protocol | Disposition::Own => Err(Errno::ENOPROTOOPT),
+        }
+    }
+
+    /// GETSOCKOPT (spec 2.6.10): from the host socket once it exists.
+    fn get_socket_option(&mut self, id: u32, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        let request = wire::SockOptRequest::decode(payload).ok_or(Errno::EINVAL)?;
+        if request.reserved != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let socket = Self::open_socket(&mut self.sockets, id)?;
+        let (level, optname, max_len) = (request.level, request.optname, request.len as usize);
+        match sockopt_disposition(socket.family, Access::Get, level, optname, &[]) {
+            Disposition::Host => sockopt::get_raw(socket.option_socket()?, level, optname, max_len),
+            Disposition::Protocol => Ok(tls_engine::sockopt::protocol_value(level, max_len)),
+            Disposition::Refused => Err(Errno::EPERM),
+            Disposition::Fail(errno) => Err(errno),
+            Disposition::Own => Err(Errno::ENOPROTOOPT),
+        }
     }
 
     fn connect(&mut self, id: u32, request_id: u64, payload: &[u8]) -> Result<(), Errno> {
@@ -652,10 +706,11 @@ impl Device {
             socket.error = Some(format!("guest port {} is already bound", mapping.guest_port));
             return Err(Errno::EADDRINUSE);
         }
-        match Listener::bind(mapping.guest_port, mapping.host) {
+        match Listener::bind(mapping.guest_port, mapping.host, &socket.host_options, id) {
             Ok(listener) => {
                 tracing::info!(socket = id, guest_port = mapping.guest_port, host = %mapping.host, "bound");
                 socket.listener = Some(listener);
+                socket.host_socket_created();
                 socket.phase = Phase::Bound;
                 Ok(())
             }
@@ -772,8 +827,10 @@ impl Device {
                 }
             };
             let id = self.allocate_id();
+            let family = self.sockets.get(&listener_id).map_or(Family::Inet, |s| s.family);
             match Socket::accepted(id, listener_id, self.poll.registry(), stream, peer, tls) {
                 Ok(mut socket) => {
+                    socket.family = family;
                     socket.deadline = Some(Instant::now() + handshake_timeout);
                     socket.client_context = Some(self.context.clone());
                     self.telemetry.begin(&mut socket, Direction::Server, None, self.policy_generation);

@@ -14,6 +14,7 @@ pub mod queues;
 pub mod sandbox;
 pub mod server;
 pub mod socket;
+pub mod sockopt;
 pub mod telemetry;
 
 pub use backend::VhostTlsBackend;

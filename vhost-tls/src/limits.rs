@@ -27,12 +27,21 @@ impl RateLimitedWarning {
     }
 
     fn warn_at(&mut self, what: &str, now: Instant) -> bool {
+        self.log_at(now, |suppressed| tracing::warn!(suppressed, "limit reached: {what}"))
+    }
+
+    /// Logs a request the policy refused (`what` says which), at the
+    /// same bounded rate.
+    pub fn warn_refusal(&mut self, what: &str) -> bool {
+        self.log_at(Instant::now(), |suppressed| tracing::warn!(suppressed, "refused by policy: {what}"))
+    }
+
+    fn log_at(&mut self, now: Instant, log: impl FnOnce(u64)) -> bool {
         if self.last.is_some_and(|last| now.saturating_duration_since(last) < WARNING_INTERVAL) {
             self.suppressed += 1;
             return false;
         }
-        let suppressed = std::mem::take(&mut self.suppressed);
-        tracing::warn!(suppressed, "limit reached: {what}");
+        log(std::mem::take(&mut self.suppressed));
         self.last = Some(now);
         true
     }
@@ -45,6 +54,8 @@ pub struct LimitWarnings {
     pub handshake_rate: RateLimitedWarning,
     pub buffer_memory: RateLimitedWarning,
     pub sockets: RateLimitedWarning,
+    /// Socket options the policy refuses (spec 2.6.10).
+    pub refused_sockopts: RateLimitedWarning,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use mio::net::{TcpListener, TcpStream};
@@ -12,6 +13,7 @@ use mio::{Interest, Registry, Token};
 use rustls::ServerConfig;
 use socket2::{Domain, Protocol, Socket as RawSocket, Type};
 use tls_engine::errno::{Errno, Failure};
+use tls_engine::sockopt::HostOptions;
 
 use tls_engine::policy::DEFAULT_BACKLOG;
 
@@ -32,8 +34,10 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `host` now, so that a port already in use fails BIND as it
-    /// would in the guest's own stack.
-    pub fn bind(guest_port: u16, host: SocketAddr) -> Result<Listener, Failure> {
+    /// would in the guest's own stack. The guest's socket options come
+    /// after the device's own and before the bind (spec 2.6.10), so that
+    /// SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY decide it.
+    pub fn bind(guest_port: u16, host: SocketAddr, guest_options: &HostOptions, socket_id: u32) -> Result<Listener, Failure> {
         let fail = |what: &str, e: io::Error| Failure::new(Errno::from_io(&e), format!("{what} {host} for guest port {guest_port}: {e}"));
         let socket = RawSocket::new(Domain::for_address(host), Type::STREAM, Some(Protocol::TCP))
             .map_err(|e| fail("cannot create a socket for", e))?;
@@ -44,6 +48,7 @@ impl Listener {
             socket.set_only_v6(true).map_err(|e| fail("cannot set IPV6_V6ONLY on", e))?;
         }
         socket.set_nonblocking(true).map_err(|e| fail("cannot make nonblocking", e))?;
+        crate::sockopt::apply_kept(socket.as_fd(), guest_options, socket_id);
         socket.bind(&host.into()).map_err(|e| fail("cannot bind", e))?;
         Ok(Listener {
             guest_port,
@@ -55,6 +60,15 @@ impl Listener {
             handshaking: 0,
             ready: VecDeque::new(),
         })
+    }
+
+    /// The host socket: bound, or listening.
+    pub fn host_socket(&self) -> Option<BorrowedFd<'_>> {
+        match (&self.bound, &self.listening) {
+            (Some(bound), _) => Some(bound.as_fd()),
+            (None, Some(listening)) => Some(listening.as_fd()),
+            (None, None) => None,
+        }
     }
 
     pub fn is_listening(&self) -> bool {
@@ -80,7 +94,11 @@ impl Listener {
         let Some(listener) = &self.listening else { return Ok(None) };
         loop {
             match listener.accept() {
-                Ok(accepted) => return Ok(Some(accepted)),
+                Ok(accepted) => {
+                    // Inherited from the listener; closing must not block.
+                    crate::sockopt::never_block_close(accepted.0.as_fd());
+                    return Ok(Some(accepted));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

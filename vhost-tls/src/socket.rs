@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,9 +15,11 @@ use rustls::{Connection, ServerConnection};
 use tls_engine::destination::Destination;
 use tls_engine::errno::{Errno, Failure};
 use tls_engine::options::SocketOptions;
+use tls_engine::sockopt::{Family, HostOptions};
 use tls_engine::tls::{describe_error, ClientContext, ConnectionInfo};
 
 use crate::listener::Listener;
+use crate::sockopt;
 use crate::telemetry::Session;
 
 /// Where a socket is in its life (spec 2.5).
@@ -47,6 +50,14 @@ pub struct Socket {
     pub id: u32,
     pub queue_pair: u16,
     pub options: SocketOptions,
+    /// The guest socket's family (CREATE), which its socket options follow.
+    pub family: Family,
+    /// Options at other levels the guest set, for host sockets created
+    /// later (spec 2.6.10).
+    pub host_options: HostOptions,
+    /// A TCP socket that stands in for the host socket until it exists:
+    /// it validates options and answers GETSOCKOPT.
+    stand_in: Option<socket2::Socket>,
     pub phase: Phase,
     /// `request_id` of the CONNECT in progress, for its CONNECT_DONE.
     pub connect_request: u64,
@@ -121,6 +132,9 @@ impl Socket {
             id,
             queue_pair,
             options: SocketOptions::default(),
+            family: Family::Inet,
+            host_options: HostOptions::default(),
+            stand_in: None,
             phase: Phase::Created,
             connect_request: 0,
             server_name: String::new(),
@@ -221,8 +235,10 @@ impl Socket {
         self.drop_connection(registry);
         while let Some(addr) = self.candidates.pop_front() {
             self.current_addr = Some(addr);
-            match TcpStream::connect(addr) {
+            match self.start_stream(addr) {
                 Ok(mut stream) => {
+                    // The host socket answers for itself from now on.
+                    self.stand_in = None;
                     if let Err(e) = registry.register(&mut stream, self.token(), Interest::READABLE | Interest::WRITABLE) {
                         return Err(Failure::new(Errno::ENOBUFS, format!("cannot watch the connection: {e}")));
                     }
@@ -234,6 +250,47 @@ impl Socket {
             }
         }
         Err(last_error.unwrap_or_else(|| Failure::new(Errno::EHOSTUNREACH, "no address to connect to")))
+    }
+
+    /// A host socket connecting to `addr`, with the guest's options applied
+    /// before the connection starts (SYN retries, MSS, TOS, linger).
+    fn start_stream(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        sockopt::apply_kept(socket.as_fd(), &self.host_options, self.id);
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(socket.into()))
+    }
+
+    /// The host socket the guest's options apply to, once it exists: the
+    /// connection, or a server socket's listener.
+    pub fn host_socket(&self) -> Option<BorrowedFd<'_>> {
+        if let Some(stream) = &self.stream {
+            return Some(stream.as_fd());
+        }
+        self.listener.as_ref().and_then(Listener::host_socket)
+    }
+
+    /// A server socket's host socket exists (BIND): the stand-in goes.
+    pub fn host_socket_created(&mut self) {
+        self.stand_in = None;
+    }
+
+    /// The socket that answers for the host socket: the host socket, or
+    /// (before it exists) the stand-in, created on first use.
+    pub fn option_socket(&mut self) -> Result<BorrowedFd<'_>, Errno> {
+        if self.host_socket().is_some() {
+            self.stand_in = None;
+            return Ok(self.host_socket().expect("checked above"));
+        }
+        if self.stand_in.is_none() {
+            self.stand_in = Some(sockopt::stand_in(self.family)?);
+        }
+        Ok(self.stand_in.as_ref().expect("created above").as_fd())
     }
 
     /// Network readiness (or a nudge after the guest made room or gave
@@ -487,11 +544,20 @@ impl Socket {
     pub fn drop_connection(&mut self, registry: &Registry) {
         if let Some(mut stream) = self.stream.take() {
             let _ = registry.deregister(&mut stream);
+            sockopt::never_block_close(stream.as_fd());
         }
         if let Some(mut listener) = self.listener.take() {
             listener.stop(registry);
         }
         self.tls = None;
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Some(stream) = &self.stream {
+            sockopt::never_block_close(stream.as_fd());
+        }
     }
 }
 

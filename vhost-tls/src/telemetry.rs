@@ -104,6 +104,8 @@ pub struct Metrics {
     pub ended_bytes_from_peer: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// SETSOCKOPTs the policy refused with EPERM (spec 2.6.10).
+    pub sockopt_refused: u64,
 }
 
 /// The live numbers that go with [`Metrics`] in one scrape.
@@ -186,6 +188,12 @@ impl Snapshot {
             "counter",
             "Policy reloads, applied and refused.",
             vec![("{result=\"ok\"}".to_owned(), m.reloads_ok), ("{result=\"failed\"}".to_owned(), m.reloads_failed)],
+        );
+        family(
+            "vhost_tls_sockopt_refused_total",
+            "counter",
+            "Socket options the policy refused (EPERM).",
+            vec![(String::new(), m.sockopt_refused)],
         );
         family(
             "vhost_tls_policy_generation",

@@ -280,6 +280,42 @@ impl TlsDevice {
         Ok(value)
     }
 
+    /// SETSOCKOPT (spec 2.6.10): an option at SOL_SOCKET, IPPROTO_TCP,
+    /// IPPROTO_IP or IPPROTO_IPV6, Linux's numbers and value bytes.
+    pub fn set_socket_option(&mut self, id: u32, level: u32, optname: u32, value: &[u8]) -> Result<(), Errno> {
+        let request = wire::SockOptRequest { level, optname, len: value.len() as u32, reserved: 0 };
+        self.raw_socket_option(wire::VIRTIO_TLS_OP_SETSOCKOPT, id, request, value).map(drop)
+    }
+
+    /// GETSOCKOPT with room for `max_len` bytes of value.
+    pub fn get_socket_option(&mut self, id: u32, level: u32, optname: u32, max_len: u32) -> Result<Vec<u8>, Errno> {
+        let request = wire::SockOptRequest { level, optname, len: max_len, reserved: 0 };
+        self.raw_socket_option(wire::VIRTIO_TLS_OP_GETSOCKOPT, id, request, &[])
+    }
+
+    /// An integer option (4 bytes) set with SETSOCKOPT.
+    pub fn set_int_option(&mut self, id: u32, level: u32, optname: u32, value: i32) -> Result<(), Errno> {
+        self.set_socket_option(id, level, optname, &value.to_le_bytes())
+    }
+
+    /// An integer option read with GETSOCKOPT.
+    pub fn get_int_option(&mut self, id: u32, level: u32, optname: u32) -> Result<i32, Errno> {
+        let value = self.get_socket_option(id, level, optname, 4)?;
+        let bytes: [u8; 4] = value.as_slice().try_into().unwrap_or_else(|_| panic!("option {optname} at {level}: {value:?}"));
+        Ok(i32::from_le_bytes(bytes))
+    }
+
+    /// SETSOCKOPT or GETSOCKOPT with any header and value, as a faulty
+    /// driver might send it; GETSOCKOPT's room is `request.len`.
+    pub fn raw_socket_option(&mut self, op: u16, id: u32, request: wire::SockOptRequest, value: &[u8]) -> Result<Vec<u8>, Errno> {
+        let mut payload = request.encode().to_vec();
+        payload.extend_from_slice(value);
+        let room = if op == wire::VIRTIO_TLS_OP_GETSOCKOPT { request.len } else { 0 };
+        let (response, value) = self.request(op, id, &payload, room);
+        Self::status(&response)?;
+        Ok(value)
+    }
+
     /// TLS_ERROR as text (empty when there is none or on error).
     pub fn tls_error(&mut self, id: u32) -> String {
         self.get_option(id, wire::TLS_ERROR, wire::MAX_ERROR_LEN as u32)
