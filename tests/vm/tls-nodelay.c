@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include "../../include/in_tls.h"
 #include "check.h"
+#include "tls-client.h"
 
 #define REQUEST 64
 
@@ -31,18 +32,6 @@ static int compare(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
 	return (x > y) - (x < y);
-}
-
-static int read_exactly(int fd, char *buffer, size_t len)
-{
-	size_t got = 0;
-	while (got < len) {
-		ssize_t r = read(fd, buffer + got, len - got);
-		if (r <= 0)
-			return -1;
-		got += r;
-	}
-	return 0;
 }
 
 static void measure(int port, int rounds, int nodelay)

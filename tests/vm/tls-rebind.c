@@ -25,45 +25,9 @@
 #include <unistd.h>
 #include "../../include/in_tls.h"
 #include "check.h"
+#include "tls-client.h"
 
 static int port;
-
-static int connected_socket(void)
-{
-	struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
-	inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
-	int fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
-	if (fd < 0)
-		return -errno;
-	if (setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "localhost", 10) < 0 ||
-	    connect(fd, (struct sockaddr *)&in, sizeof(in)) < 0) {
-		int error = errno;
-		close(fd);
-		return -error;
-	}
-	return fd;
-}
-
-/* Sends `message` and reads exactly its length back: 0 when the echo
- * matches; prints what came back otherwise. */
-static int echo(int fd, const char *message)
-{
-	size_t len = strlen(message), got = 0;
-	char back[128];
-	if (write(fd, message, len) != (ssize_t)len)
-		return -1;
-	while (got < len) {
-		ssize_t r = read(fd, back + got, len - got);
-		if (r <= 0)
-			return -1;
-		got += r;
-	}
-	if (memcmp(back, message, len) != 0) {
-		printf("  echo of \"%s\" came back as \"%.*s\"\n", message, (int)len, back);
-		return 1;
-	}
-	return 0;
-}
 
 static int sysfs_write(const char *path, const char *value)
 {
@@ -107,7 +71,7 @@ static char hear(int fd)
 static int new_process(int from_parent, int to_parent)
 {
 	failures = 0; /* the parent's are its own */
-	int fresh = connected_socket();
+	int fresh = connect_tls_loopback(port);
 	errno = fresh < 0 ? -fresh : 0;
 	check(fresh >= 0, "child: a new socket connects through the rebound device");
 	tell(to_parent, 'r');
@@ -143,7 +107,7 @@ int main(int argc, char **argv)
 	check(sysfs_write(DRIVER "bind", other) < 0 && errno == EBUSY, "binding the second device fails (EBUSY)");
 	check(!bound(other), "the second device stays unbound");
 
-	int old = connected_socket();
+	int old = connect_tls_loopback(port);
 	errno = old < 0 ? -old : 0;
 	check(old >= 0, "a socket connects before the rebind");
 	if (old < 0)
@@ -188,7 +152,7 @@ int main(int argc, char **argv)
 	waitpid(child, &status, 0);
 	check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the other process's socket saw only its own data");
 
-	int after = connected_socket();
+	int after = connect_tls_loopback(port);
 	errno = after < 0 ? -after : 0;
 	check(after >= 0 && echo(after, "one more") == 0, "a socket after all that connects and echoes");
 	if (after >= 0)

@@ -18,40 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 #include "../../include/in_tls.h"
+#include "tls-client.h"
 
 static int port;
-
-static int connected_socket(void)
-{
-	struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
-	inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
-	int fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
-	if (fd < 0)
-		return -errno;
-	if (setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "localhost", 10) < 0 ||
-	    connect(fd, (struct sockaddr *)&in, sizeof(in)) < 0) {
-		int error = errno;
-		close(fd);
-		return -error;
-	}
-	return fd;
-}
-
-/* Sends `message` and reads it back: 0 when the echo matches. */
-static int echo(int fd, const char *message)
-{
-	size_t len = strlen(message), got = 0;
-	char back[128];
-	if (write(fd, message, len) != (ssize_t)len)
-		return -1;
-	while (got < len) {
-		ssize_t r = read(fd, back + got, len - got);
-		if (r <= 0)
-			return -1;
-		got += r;
-	}
-	return memcmp(back, message, len) != 0;
-}
 
 static int failed_as_reset(int error)
 {
@@ -66,7 +35,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	int failures = 0;
 
-	int reader = connected_socket(), writer = connected_socket();
+	int reader = connect_tls_loopback(port), writer = connect_tls_loopback(port);
 	if (reader < 0 || writer < 0) {
 		printf("connect before the kill: %s\n", strerror(-(reader < 0 ? reader : writer)));
 		return 1;
@@ -102,7 +71,7 @@ int main(int argc, char **argv)
 	int attempts = 0;
 	while (time(NULL) < give_up) {
 		attempts++;
-		fresh = connected_socket();
+		fresh = connect_tls_loopback(port);
 		if (fresh >= 0)
 			break;
 		sleep(1);
@@ -114,7 +83,7 @@ int main(int argc, char **argv)
 		int mismatch = echo(fresh, "hello after the restart");
 		printf("echo through the new backend: %s\n", mismatch == 0 ? "ok" : "FAILED");
 		failures += mismatch != 0;
-		int second = connected_socket();
+		int second = connect_tls_loopback(port);
 		mismatch = second < 0 ? -1 : echo(second, "a second socket");
 		printf("a second new socket: %s\n", mismatch == 0 ? "ok" : "FAILED");
 		failures += mismatch != 0;
@@ -144,7 +113,7 @@ int main(int argc, char **argv)
 	printf("tls-restart: restart the backend quietly\n");
 	fflush(stdout);
 	sleep(10);
-	int after_quiet = connected_socket();
+	int after_quiet = connect_tls_loopback(port);
 	printf("first socket after the quiet restart: %s\n", after_quiet >= 0 ? "connected" : strerror(-after_quiet));
 	failures += after_quiet < 0;
 	if (after_quiet >= 0) {

@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include "../../include/in_tls.h"
 #include "check.h"
+#include "tls-client.h"
 
 #define FAULT_SECONDS 3
 #define PAGE 4096
@@ -42,34 +43,6 @@ static double now(void)
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static int connected_socket(void)
-{
-	struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
-	inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
-	int fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
-	if (fd < 0)
-		return -errno;
-	if (setsockopt(fd, IPPROTO_TLS, TLS_HOSTNAME, "localhost", 10) < 0 ||
-	    connect(fd, (struct sockaddr *)&in, sizeof(in)) < 0) {
-		int error = errno;
-		close(fd);
-		return -error;
-	}
-	return fd;
-}
-
-static int read_exactly(int fd, char *buffer, size_t len)
-{
-	size_t got = 0;
-	while (got < len) {
-		ssize_t r = read(fd, buffer + got, len - got);
-		if (r <= 0)
-			return -1;
-		got += r;
-	}
-	return 0;
 }
 
 /* Answers each fault FAULT_SECONDS late with a page of 'x'. */
@@ -156,7 +129,7 @@ int main(int argc, char **argv)
 	pthread_t handler;
 	pthread_create(&handler, NULL, fault_handler, NULL);
 
-	int slow = connected_socket(), quick = connected_socket();
+	int slow = connect_tls_loopback(port), quick = connect_tls_loopback(port);
 	errno = slow < 0 ? -slow : quick < 0 ? -quick : 0;
 	check(slow >= 0 && quick >= 0, "two sockets connect");
 	if (failures)
