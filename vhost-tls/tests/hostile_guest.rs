@@ -32,16 +32,7 @@ impl Backend {
         let dir = common::backend_dir();
         std::fs::write(dir.path().join("vm1.toml"), policy).unwrap();
         let log = std::fs::File::create(dir.path().join("backend.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vhost-tls"))
-            .arg("serve")
-            .arg("--socket-path")
-            .arg(dir.path().join("vhost.sock"))
-            .arg("--policy")
-            .arg(dir.path().join("vm1.toml"))
-            .arg("--control-socket")
-            .arg(dir.path().join("control.sock"))
-            .arg("--audit-log")
-            .arg(dir.path().join("audit.jsonl"))
+        let child = common::serve_command(dir.path())
             .env("RUST_LOG", "info")
             .stderr(log)
             .spawn()

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::ffi::CString;
+use std::path::Path;
+use std::process::Command;
 
 /// The user `serve` switches to when started as root without `--user`.
 pub const SANDBOX_USER: &str = "nobody";
@@ -54,4 +56,22 @@ pub fn sample(metrics: &str, series: &str) -> u64 {
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
+}
+
+/// `vhost-tls serve` as an operator runs it for one VM, everything in
+/// `dir`: the vhost-user socket `vhost.sock`, the policy `vm1.toml`, the
+/// control socket `control.sock` and the audit log `audit.jsonl`.
+pub fn serve_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vhost-tls"));
+    command
+        .arg("serve")
+        .arg("--socket-path")
+        .arg(dir.join("vhost.sock"))
+        .arg("--policy")
+        .arg(dir.join("vm1.toml"))
+        .arg("--control-socket")
+        .arg(dir.join("control.sock"))
+        .arg("--audit-log")
+        .arg(dir.join("audit.jsonl"));
+    command
 }
