@@ -413,9 +413,7 @@ fn allowed_syscalls() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
     rules.insert(libc::SYS_prctl, one_of(0, &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64])?);
     // Signals only to this process's own threads (the runtime's tgkill,
     // abort's): never to another process, another VM's backend included.
-    // SAFETY: getpid has no preconditions and cannot fail.
-    let own_pid = unsafe { libc::getpid() };
-    rules.insert(libc::SYS_tgkill, one_of(0, &[own_pid as u32 as u64])?);
+    rules.insert(libc::SYS_tgkill, one_of(0, &[u64::from(std::process::id())])?);
     Ok(rules)
 }
 
