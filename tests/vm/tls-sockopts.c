@@ -45,6 +45,11 @@ enum expect {
 		    * call is not made: a privileged TCP socket would apply
 		    * what the policy refuses (repair mode, marks, devices) */
 	TLS_VALUE, /* GET: the TLS socket reads tls_value, TCP something else */
+	ROUTE,     /* GET of the connection's cached route (IP_MTU, IPV6_MTU):
+		    * on a connection, each socket reads an MTU or, when the
+		    * kernel dropped its cached route at that instant (a route
+		    * change anywhere on the host does), ENOTCONN; without a
+		    * connection both are ENOTCONN, as SAME */
 };
 
 struct option {
@@ -139,7 +144,7 @@ static const struct option table[] = {
 	INT_SET(IP_RECVERR, SOL_IP_, 11, 1, SAME),
 	INT_SET(IP_RECVTTL, SOL_IP_, 12, 1, SAME),
 	INT_SET(IP_RECVTOS, SOL_IP_, 13, 1, SAME),
-	INT_GET(IP_MTU, SOL_IP_, 14, SAME),
+	INT_GET(IP_MTU, SOL_IP_, 14, ROUTE),
 	INT_SET(IP_PASSSEC, SOL_IP_, 18, 1, SAME),
 	INT_SET(IP_RECVORIGDSTADDR, SOL_IP_, 20, 1, SAME),
 	INT_SET(IP_MINTTL, SOL_IP_, 21, 1, SAME),
@@ -169,7 +174,7 @@ static const struct option table[] = {
 	 * to set, EOPNOTSUPP to read (Linux's ip_getsockopt), for both. */
 	INT_SET(IPV6_V6ONLY, SOL_IPV6_, 26, 1, SAME),
 	INT_SET(IPV6_TCLASS, SOL_IPV6_, 67, 8, SAME),
-	INT_GET(IPV6_MTU, SOL_IPV6_, 24, SAME),
+	INT_GET(IPV6_MTU, SOL_IPV6_, 24, ROUTE),
 	/* Another level altogether. */
 	INT_SET(level 200, 200, 1, 1, SAME),
 
@@ -306,7 +311,14 @@ static void describe(const char *who, const struct answer *a)
 	printf("\n");
 }
 
-static void run_options(const char *state, int family, int tcp, int tls, const struct option *options, size_t count)
+/* A read of the cached route's MTU: a value, or ENOTCONN without a route. */
+static int route_answer(const struct answer *a)
+{
+	return a->get_ret == 0 ? a->len == 4 && *(const int *)a->value > 0 : a->get_err == ENOTCONN;
+}
+
+static void run_options(const char *state, int family, int connection, int tcp, int tls, const struct option *options,
+			size_t count)
 {
 	char what[200];
 
@@ -315,6 +327,8 @@ static void run_options(const char *state, int family, int tcp, int tls, const s
 		struct answer t = { 0 }, s;
 		/* An AF_INET socket has no IPPROTO_IPV6 option: as TCP, always. */
 		enum expect expect = family == AF_INET && o->level == SOL_IPV6_ ? SAME : o->expect;
+		if (expect == ROUTE && !connection)
+			expect = SAME;
 		int ok;
 
 		ask(tls, o, &s);
@@ -323,6 +337,11 @@ static void run_options(const char *state, int family, int tcp, int tls, const s
 			ok = o->tls_errno ? (s.ret == -1 && s.err == o->tls_errno) : s.ret == 0;
 			snprintf(what, sizeof(what), "%s: %s on the TLS socket: %s", state, o->name,
 				 o->tls_errno ? strerror(o->tls_errno) : "succeeds");
+			break;
+		case ROUTE:
+			ask(tcp, o, &t);
+			ok = route_answer(&s) && route_answer(&t);
+			snprintf(what, sizeof(what), "%s: %s reads the route's MTU or ENOTCONN, as on TCP", state, o->name);
 			break;
 		case TLS_VALUE:
 			ask(tcp, o, &t);
@@ -349,13 +368,13 @@ static void run_options(const char *state, int family, int tcp, int tls, const s
 	}
 }
 
-static void run_table(const char *state, int family, int tcp, int tls)
+static void run_table(const char *state, int family, int connection, int tcp, int tls)
 {
 	char label[64];
 
 	snprintf(label, sizeof(label), "%s %s", family == AF_INET ? "IPv4" : "IPv6", state);
-	run_options(label, family, tcp, tls, table, sizeof(table) / sizeof(table[0]));
-	run_options(label, family, tcp, tls, ipv6_table, sizeof(ipv6_table) / sizeof(ipv6_table[0]));
+	run_options(label, family, connection, tcp, tls, table, sizeof(table) / sizeof(table[0]));
+	run_options(label, family, connection, tcp, tls, ipv6_table, sizeof(ipv6_table) / sizeof(ipv6_table[0]));
 }
 
 /* The loopback address of `family` (the wildcard one for a TLS listener,
@@ -426,7 +445,7 @@ static void run_states(int family, int peer_port, int listen_port)
 	tcp = socket(family, SOCK_STREAM, IPPROTO_TCP);
 	tls = socket(family, SOCK_STREAM, IPPROTO_TLS);
 	check(tcp >= 0 && tls >= 0, "a TCP and a TLS socket");
-	run_table("unconnected", family, tcp, tls);
+	run_table("unconnected", family, 0, tcp, tls);
 	close(tcp);
 	close(tls);
 
@@ -435,7 +454,7 @@ static void run_states(int family, int peer_port, int listen_port)
 	tcp = connected(family, IPPROTO_TCP, port_of(tcp_listener));
 	tcp_peer = accept(tcp_listener, NULL, NULL);
 	tls = connected(family, IPPROTO_TLS, peer_port);
-	run_table("connected", family, tcp, tls);
+	run_table("connected", family, 1, tcp, tls);
 	close(tcp);
 	close(tcp_peer);
 	close(tls);
@@ -455,7 +474,7 @@ static void run_states(int family, int peer_port, int listen_port)
 	}
 	tls = accept(tls_listener, NULL, NULL);
 	check(tcp >= 0 && tls >= 0, "accepted a TCP and a TLS connection");
-	run_table("accepted", family, tcp, tls);
+	run_table("accepted", family, 1, tcp, tls);
 	close(tcp);
 	close(tls);
 	close(tcp_peer);
@@ -463,7 +482,7 @@ static void run_states(int family, int peer_port, int listen_port)
 	      "the TLS client saw the accepted socket close");
 
 	/* Listening. */
-	run_table("listening", family, tcp_listener, tls_listener);
+	run_table("listening", family, 0, tcp_listener, tls_listener);
 	close(tcp_listener);
 	close(tls_listener);
 }
