@@ -20,4 +20,4 @@ pub mod telemetry;
 
 pub use backend::VhostTlsBackend;
 pub use device::{DeviceShape, SocketReport};
-pub use server::{Server, ServerError};
+pub use server::{ListenOn, Server, ServerError};

@@ -1,32 +1,44 @@
 //! `vhost-tls`: the command line of the virtio-tls vhost-user backend.
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tls_engine::Policy;
 use vhost_tls::control::{self, Control, Request};
 use vhost_tls::sandbox::{self, SandboxMode, SandboxPlan};
-use vhost_tls::{DeviceShape, Server};
+use vhost_tls::{DeviceShape, ListenOn, Server};
 
 /// TLS as a hypervisor service: the vhost-user backend of virtio-tls.
 #[derive(Parser)]
 #[command(name = "vhost-tls", version, about)]
 struct Cli {
+    /// Print the backend's capabilities as JSON and exit (QEMU's
+    /// vhost-user backend convention, docs/interop/vhost-user.json).
+    #[arg(long)]
+    print_capabilities: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve one VM on a vhost-user socket until its front end disconnects.
+    #[command(group(clap::ArgGroup::new("vhost_user_socket").required(true).args(["socket_path", "fd"])))]
     Serve {
         /// vhost-user Unix socket to listen on (QEMU's chardev path).
         #[arg(long)]
-        socket_path: PathBuf,
+        socket_path: Option<PathBuf>,
+        /// A listening vhost-user Unix socket handed over as this
+        /// descriptor (a systemd .socket unit's is 3); its file, if any, is
+        /// the caller's to remove.
+        #[arg(long)]
+        fd: Option<RawFd>,
         /// The VM's policy file (TOML).
         #[arg(long)]
         policy: PathBuf,
@@ -101,7 +113,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if cli.print_capabilities {
+        // The convention: other options are ignored, nothing is served.
+        println!("{}", capabilities());
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprint!("{}", Cli::command().render_help());
+        return ExitCode::from(2);
+    };
+    match command {
         Command::Policy { command: PolicyCommand::Check { file } } => match Policy::load(&file) {
             Ok(_) => {
                 println!("{}: OK", file.display());
@@ -143,7 +165,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { socket_path, policy: policy_path, queue_pairs, busy_poll_us, control_socket, audit_log, sandbox: mode, user } => {
+        Command::Serve { socket_path, fd, policy: policy_path, queue_pairs, busy_poll_us, control_socket, audit_log, sandbox: mode, user } => {
             let policy = match Policy::load(&policy_path) {
                 Ok(policy) => Arc::new(policy),
                 Err(error) => {
@@ -151,8 +173,20 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let listen_on = match (socket_path, fd) {
+                (Some(path), _) => ListenOn::Path(path),
+                (None, Some(fd)) => match handed_over_listener(fd) {
+                    Ok(listener) => ListenOn::Listener(listener),
+                    Err(error) => {
+                        eprintln!("vhost-tls: --fd {fd}: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => unreachable!("clap requires --socket-path or --fd"),
+            };
             raise_fd_limit();
-            let mut socket_dirs = vec![sandbox::parent_dir(&socket_path)];
+            // Only a socket file the backend made is removed at exit.
+            let mut socket_dirs: Vec<PathBuf> = listen_on.own_path().map(sandbox::parent_dir).into_iter().collect();
             socket_dirs.extend(control_socket.as_deref().map(sandbox::parent_dir));
             let sandbox = SandboxPlan {
                 mode,
@@ -163,7 +197,7 @@ fn main() -> ExitCode {
             };
             let options = ServeOptions { policy_path, control_socket, audit_log, sandbox };
             let shape = DeviceShape { queue_pairs, busy_poll: std::time::Duration::from_micros(busy_poll_us) };
-            match serve(socket_path, policy, shape, options) {
+            match serve(listen_on, policy, shape, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("vhost-tls: {error}");
@@ -189,7 +223,13 @@ struct ServeOptions {
     sandbox: SandboxPlan,
 }
 
-fn serve(socket_path: PathBuf, policy: Arc<Policy>, shape: DeviceShape, options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
+fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
+    // The socket file to remove at exit: none for a handed-over socket.
+    let socket_path: Option<PathBuf> = listen_on.own_path().map(PathBuf::from);
+    let socket_name = match &listen_on {
+        ListenOn::Path(path) => path.display().to_string(),
+        ListenOn::Listener(listener) => format!("descriptor {}", std::os::fd::AsRawFd::as_raw_fd(listener)),
+    };
     // Opened before anything listens, so a path that cannot be written
     // stops the backend before a VM depends on it.
     let audit_log = match &options.audit_log {
@@ -212,9 +252,11 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, shape: DeviceShape, options:
         ),
         None => None,
     };
+    // Connected while unconfined; READY=1 is sent once the backend listens.
+    let readiness = systemd_notify_socket()?;
     // Confined once every socket is bound and before any thread starts.
     let confine = || sandbox::confine(&options.sandbox).map(|_| ());
-    let server = match Server::start_confined(&socket_path, policy, shape.clone(), confine) {
+    let server = match Server::start_confined(listen_on, policy, shape.clone(), confine) {
         Ok(server) => Arc::new(server),
         Err(error) => {
             if let Some(path) = &options.control_socket {
@@ -231,7 +273,10 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, shape: DeviceShape, options:
         control::serve(listener, control.clone())?;
         tracing::info!(control_socket = %path.display(), "control socket ready");
     }
-    tracing::info!(socket = %socket_path.display(), queue_pairs = shape.queue_pairs, busy_poll_us = shape.busy_poll.as_micros() as u64, "waiting for the front end");
+    if let Some(readiness) = &readiness {
+        readiness.send(b"READY=1\n").map_err(|e| format!("cannot tell systemd the backend is ready (NOTIFY_SOCKET): {e}"))?;
+    }
+    tracing::info!(socket = %socket_name, queue_pairs = shape.queue_pairs, busy_poll_us = shape.busy_poll.as_micros() as u64, "waiting for the front end");
     let on_signal = server.clone();
     let cleanup_path = socket_path.clone();
     let control_path = options.control_socket.clone();
@@ -250,7 +295,9 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, shape: DeviceShape, options:
                 on_signal.stop();
             } else {
                 // Still waiting for a front end: nothing to wind down.
-                let _ = std::fs::remove_file(&cleanup_path);
+                if let Some(path) = &cleanup_path {
+                    let _ = std::fs::remove_file(path);
+                }
                 if let Some(path) = &control_path {
                     let _ = std::fs::remove_file(path);
                 }
@@ -260,11 +307,75 @@ fn serve(socket_path: PathBuf, policy: Arc<Policy>, shape: DeviceShape, options:
         }
     });
     let result = server.wait();
-    let _ = std::fs::remove_file(&socket_path);
+    if let Some(path) = &socket_path {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(path) = &options.control_socket {
         let _ = std::fs::remove_file(path);
     }
     Ok(result?)
+}
+
+/// What `--print-capabilities` prints: QEMU's VHostUserBackendCapabilities
+/// (docs/interop/vhost-user.json). Its list of types has none for TLS, so
+/// the type is "tls", which no management software will mistake for a
+/// device it knows (docs/operator.md, "vhost-user conventions"); the
+/// features are the optional `serve` options, as the gpu and input types
+/// list theirs.
+fn capabilities() -> serde_json::Value {
+    serde_json::json!({
+        "type": "tls",
+        "features": ["queue-pairs", "control-socket", "audit-log", "busy-poll-us", "sandbox", "user"],
+    })
+}
+
+/// Takes ownership of descriptor `fd`, which must be a listening Unix
+/// stream socket (`serve --fd`); it is made close-on-exec and blocking.
+fn handed_over_listener(fd: RawFd) -> Result<UnixListener, String> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; a closed fd fails.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err("not an open descriptor".to_owned());
+    }
+    let int_option = |name: libc::c_int| -> Result<libc::c_int, String> {
+        let mut value: libc::c_int = 0;
+        let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and length are live locals of the sizes passed.
+        let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, name, (&mut value as *mut libc::c_int).cast(), &mut length) };
+        if rc == 0 { Ok(value) } else { Err(format!("not a socket: {}", std::io::Error::last_os_error())) }
+    };
+    if (int_option(libc::SO_DOMAIN)?, int_option(libc::SO_TYPE)?) != (libc::AF_UNIX, libc::SOCK_STREAM) {
+        return Err("not a Unix stream socket".to_owned());
+    }
+    if int_option(libc::SO_ACCEPTCONN)? == 0 {
+        return Err("the socket is not listening".to_owned());
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this
+    // process; this is its only owner, taken once at start-up.
+    let listener = UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: F_SETFD on a descriptor this function now owns.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(format!("cannot set close-on-exec: {}", std::io::Error::last_os_error()));
+    }
+    // The vhost-user daemon waits in accept: a socket unit may hand over a
+    // non-blocking one.
+    listener.set_nonblocking(false).map_err(|e| format!("cannot make it blocking: {e}"))?;
+    Ok(listener)
+}
+
+/// systemd's notification socket ($NOTIFY_SOCKET, under `Type=notify`),
+/// connected; `None` when not started so. A path, or `@` and an abstract
+/// name.
+fn systemd_notify_socket() -> Result<Option<std::os::unix::net::UnixDatagram>, String> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(None) };
+    let socket = std::os::unix::net::UnixDatagram::unbound().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
+    let connected = match target.as_bytes().strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|address| socket.connect_addr(&address)),
+        None => socket.connect(&target),
+    };
+    connected.map_err(|e| format!("cannot reach systemd's NOTIFY_SOCKET {}: {e}", target.to_string_lossy()))?;
+    Ok(Some(socket))
 }
 
 /// Each guest socket is a host socket: lift the soft descriptor limit to

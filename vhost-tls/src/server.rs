@@ -1,5 +1,6 @@
 //! Serving one front end (QEMU, or a test harness) on a vhost-user socket.
 
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,6 +32,25 @@ impl From<vhost_user_backend::Error> for ServerError {
     }
 }
 
+/// Where the backend listens for its front end.
+pub enum ListenOn {
+    /// Bind this path (replacing a stale socket file); removed at exit.
+    Path(PathBuf),
+    /// A socket already listening, handed over by the caller (`serve --fd`,
+    /// a systemd `.socket` unit): whoever made it owns its path.
+    Listener(UnixListener),
+}
+
+impl ListenOn {
+    /// The socket file this backend made and so removes, if any.
+    pub fn own_path(&self) -> Option<&Path> {
+        match self {
+            ListenOn::Path(path) => Some(path),
+            ListenOn::Listener(_) => None,
+        }
+    }
+}
+
 /// A running backend: listening, then serving one front end until it
 /// disconnects or [`Server::stop`] is called.
 pub struct Server {
@@ -43,22 +63,26 @@ impl Server {
     /// Binds `socket_path` (replacing a stale socket file) and serves the
     /// first front end that connects, on a thread of its own.
     pub fn start(socket_path: &Path, policy: Arc<Policy>, shape: DeviceShape) -> Result<Server, ServerError> {
-        Server::start_confined(socket_path, policy, shape, || Ok(()))
+        Server::start_confined(ListenOn::Path(socket_path.to_owned()), policy, shape, || Ok(()))
     }
 
-    /// As [`Server::start`], calling `confine` once the socket is bound and
-    /// before any thread starts (see [`crate::sandbox::confine`]).
+    /// As [`Server::start`] on `listen_on`, calling `confine` once the
+    /// socket is bound and before any thread starts (see
+    /// [`crate::sandbox::confine`]).
     pub fn start_confined(
-        socket_path: &Path,
+        listen_on: ListenOn,
         policy: Arc<Policy>,
         shape: DeviceShape,
         confine: impl FnOnce() -> Result<(), crate::sandbox::SandboxError>,
     ) -> Result<Server, ServerError> {
         let backend = Arc::new(VhostTlsBackend::new(policy, shape).map_err(ServerError::Device)?);
-        let mut listener = Listener::new(socket_path, true)
-            .map_err(|source| ServerError::Listen { path: socket_path.to_owned(), source })?;
+        let mut listener = match listen_on {
+            ListenOn::Path(path) => Listener::new(&path, true).map_err(|source| ServerError::Listen { path, source })?,
+            ListenOn::Listener(handed_over) => Listener::from(handed_over),
+        };
         if let Err(error) = confine() {
-            let _ = std::fs::remove_file(socket_path);
+            // A Listener made from a path removes its file when dropped.
+            drop(listener);
             return Err(ServerError::Sandbox(error));
         }
         let mut daemon = VhostUserDaemon::new(
