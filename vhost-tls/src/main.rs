@@ -1,6 +1,7 @@
 //! `vhost-tls`: the command line of the virtio-tls vhost-user backend.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -237,6 +238,10 @@ fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: 
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                // Peers, names and errors of every session of the VM: the
+                // owner writes, the operator's group reads, nobody else
+                // (a file that exists keeps its mode).
+                .mode(0o640)
                 .open(path)
                 .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?,
         ),

@@ -123,3 +123,31 @@ fn serve_one_front_end(end_with_sigterm: bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn serve_creates_the_audit_log_0640_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = common::backend_dir();
+    std::fs::write(dir.path().join("vm1.toml"), "").unwrap();
+    let mut command = common::serve_command(dir.path());
+    // SAFETY: umask is async-signal-safe and only sets the child's mask;
+    // 0 leaves the mode to serve alone.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let socket = dir.path().join("vhost.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the socket never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mode = std::fs::metadata(dir.path().join("audit.jsonl")).unwrap().permissions().mode() & 0o7777;
+    terminate(&child);
+    let _ = child.wait();
+    assert_eq!(mode, 0o640, "audit log mode {mode:o}");
+}
