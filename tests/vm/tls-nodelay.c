@@ -3,7 +3,7 @@
  * algorithm and delayed ACKs punish) against a host peer that answers
  * only whole requests, ROUNDS round trips without and with TCP_NODELAY
  * (set before connect, so the device applies it to the host socket).
- * usage: tls-nodelay PORT ROUNDS   (tests/vm/tls-request-peer.py)
+ * usage: tls-nodelay PORT ROUNDS   (tests/vm/tls-echo-server.py --whole 64)
  * Prints "tls-nodelay: nodelay=N median_us=M p90_us=P mean_us=A" per mode and
  * "tls-nodelay: N failure(s)". */
 #include <arpa/inet.h>
