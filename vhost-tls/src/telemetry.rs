@@ -308,6 +308,29 @@ const REFUSAL_QUIET: Duration = Duration::from_secs(1);
 /// ...or this long after it began (a steady stream gets a record this often).
 const REFUSAL_BURST: Duration = Duration::from_secs(10);
 
+/// Denied destinations audited one record each per window; past that, the
+/// window's further denials go into one refusal record with a count.
+const DENIAL_RECORDS_PER_WINDOW: u32 = 16;
+const DENIAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// How many denied destinations the current window has audited one by one.
+#[derive(Default)]
+struct DenialWindow {
+    started_at: Option<Instant>,
+    records: u32,
+}
+
+impl DenialWindow {
+    /// Whether a denial at `now` still gets a record of its own.
+    fn admit(&mut self, now: Instant) -> bool {
+        if self.started_at.is_none_or(|started| now.saturating_duration_since(started) >= DENIAL_WINDOW) {
+            *self = DenialWindow { started_at: Some(now), records: 0 };
+        }
+        self.records += 1;
+        self.records <= DENIAL_RECORDS_PER_WINDOW
+    }
+}
+
 /// The session bookkeeping of one device.
 #[derive(Default)]
 pub struct Telemetry {
@@ -315,6 +338,7 @@ pub struct Telemetry {
     audit: Option<Box<dyn Write + Send>>,
     /// Bursts of refusals not yet written, by request and errno.
     refusals: BTreeMap<(&'static str, u32), RefusalBurst>,
+    denials: DenialWindow,
 }
 
 impl Telemetry {
@@ -326,6 +350,11 @@ impl Telemetry {
     /// any session: counted, and audited with the rest of its burst.
     pub fn refused(&mut self, request: &'static str, errno: Errno, reason: &str, policy_generation: u64) {
         *self.metrics.refusals.entry((request, errno.name())).or_default() += 1;
+        self.add_to_burst(request, errno, reason, policy_generation);
+    }
+
+    /// Audits a refusal with the rest of its burst (one record with a count).
+    fn add_to_burst(&mut self, request: &'static str, errno: Errno, reason: &str, policy_generation: u64) {
         let now = Instant::now();
         let key = (request, errno.0);
         if self.refusals.get(&key).is_some_and(|burst| now.saturating_duration_since(burst.started_at) >= REFUSAL_BURST) {
@@ -435,6 +464,14 @@ impl Telemetry {
                 *self.metrics.session_failures.entry(session.direction).or_default() += 1;
             } else {
                 *self.metrics.handshake_failures.entry((session.direction, class)).or_default() += 1;
+            }
+        }
+        if let (Some("denied"), Direction::Client, Outcome::Failed { errno, reason }) = (class, session.direction, &outcome) {
+            // A guest can repeat a denied destination at will: past the
+            // window's first records, one record with a count.
+            if !self.denials.admit(Instant::now()) {
+                self.add_to_burst("connect", *errno, reason, session.policy_generation);
+                return;
             }
         }
         let Some(audit) = self.audit.as_mut() else { return };

@@ -264,3 +264,41 @@ fn refusals_are_counted_and_audited_as_one_record_per_burst() {
     let records = backend.audit_records();
     assert_eq!(records[2]["outcome"], "abandoned", "{records:#?}");
 }
+
+#[test]
+fn a_guest_looping_denied_destinations_gets_a_few_records_then_one_with_a_count() {
+    let backend = Backend::start(POLICY);
+    let mut device = backend.attach();
+    // ::1 is host-local and no rule names it (only 127.0.0.0/8): denied
+    // before any packet, and loopback even if it were not.
+    let mut loopback6 = [0u8; 16];
+    loopback6[15] = 1;
+    let denied = || SockAddr::ipv6(loopback6, 9, 0);
+    const ATTEMPTS: u64 = 300;
+    const ONE_BY_ONE: usize = 16;
+    let id = device.create(wire::VIRTIO_TLS_AF_INET6).unwrap();
+    for _ in 0..ATTEMPTS {
+        assert_eq!(device.start_connect(id, denied()), Err(Errno::EACCES));
+    }
+    let metrics = backend.metrics();
+    assert_eq!(sample(&metrics, "vhost_tls_denied_destinations_total"), ATTEMPTS, "every denial counted: {metrics}");
+
+    // The first ones are sessions of their own; the rest of the window is
+    // one record with a count once the burst goes quiet.
+    let deadline = Instant::now() + TIMEOUT;
+    let records = loop {
+        let records = backend.audit_records();
+        if records.len() > ONE_BY_ONE || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(records.len(), ONE_BY_ONE + 1, "{records:#?}");
+    for record in &records[..ONE_BY_ONE] {
+        assert_eq!((record["socket"].as_u64(), record["errno_name"].as_str()), (Some(u64::from(id)), Some("EACCES")), "{record}");
+    }
+    let folded = &records[ONE_BY_ONE];
+    assert_eq!((folded["request"].as_str(), folded["outcome"].as_str()), (Some("connect"), Some("refused")), "{folded}");
+    assert_eq!(folded["count"].as_u64(), Some(ATTEMPTS - ONE_BY_ONE as u64), "{folded}");
+    assert!(folded["reason"].as_str().unwrap().contains("::1"), "{folded}");
+}
