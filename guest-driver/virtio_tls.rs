@@ -1154,18 +1154,12 @@ unsafe extern "C" fn tls_setsockopt(
     if payload.extend_from_slice(&header.encode(), GFP_KERNEL).is_err() {
         return -(bindings::ENOMEM as c_int);
     }
-    let mut value = KVec::new();
-    // SAFETY: reading the union member the is_kernel flag selects.
-    let copied = unsafe {
-        if optval.is_kernel() {
-            let from = core::slice::from_raw_parts(optval.__bindgen_anon_1.kernel.cast::<u8>(), len);
-            value.extend_from_slice(from, GFP_KERNEL).map_err(Error::from)
-        } else {
-            UserSlice::new(optval.__bindgen_anon_1.user as usize, len).read_all(&mut value, GFP_KERNEL)
-        }
+    let value = match option_value(optval, len) {
+        Ok(value) => value,
+        Err(errno) => return errno,
     };
-    if let Err(error) = copied.and_then(|()| payload.extend_from_slice(&value, GFP_KERNEL).map_err(Error::from)) {
-        return error.to_errno();
+    if payload.extend_from_slice(&value, GFP_KERNEL).is_err() {
+        return -(bindings::ENOMEM as c_int);
     }
     match control_request(wire::VIRTIO_TLS_OP_SETOPT, socket_of(sk), &payload) {
         Ok(response) => -(response.status as c_int),

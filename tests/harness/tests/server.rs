@@ -349,19 +349,24 @@ fn only_ports_the_policy_maps_may_listen() {
     assert_eq!(device.bind(id, SockAddr::ipv4([0; 4], GUEST_PORT)), Err(Errno::EACCES));
 }
 
+/// Waits until `count` handshaken connections are ready on `listener`.
+fn wait_accept_ready(device: &mut TlsDevice, listener: u32, count: u32) {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut ready = 0;
+    while ready < count {
+        assert!(Instant::now() < deadline, "{count} handshakes complete");
+        device.poll(Duration::from_millis(20));
+        ready += device.take_accept_ready(listener);
+    }
+}
+
 #[test]
 fn closing_a_listener_drops_connections_not_yet_accepted() {
     let sb = start("");
     let mut device = sb.bed.driver();
     let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET, GUEST_PORT);
     let clients: Vec<_> = (0..3).map(|_| rustls_client(sb.host_v4, "www.test", sb.bed.ca.cert_der(), b"never echoed")).collect();
-    let deadline = Instant::now() + TIMEOUT;
-    let mut ready = 0;
-    while ready < 3 {
-        assert!(Instant::now() < deadline, "3 handshakes complete");
-        device.poll(Duration::from_millis(20));
-        ready += device.take_accept_ready(listener);
-    }
+    wait_accept_ready(&mut device, listener, 3);
     device.close(listener).unwrap();
     for client in clients {
         assert!(client.join().unwrap().is_err(), "the client sees its connection end");
@@ -599,13 +604,7 @@ fn a_failed_listener_releases_its_unaccepted_connections() {
     let mut device = sb.bed.driver();
     let listener = listen(&mut device, wire::VIRTIO_TLS_AF_INET, GUEST_PORT);
     let clients: Vec<_> = (0..3).map(|_| rustls_client(sb.host_v4, "www.test", sb.bed.ca.cert_der(), b"never echoed")).collect();
-    let deadline = Instant::now() + TIMEOUT;
-    let mut ready = 0;
-    while ready < 3 {
-        assert!(Instant::now() < deadline, "3 handshakes complete");
-        device.poll(Duration::from_millis(20));
-        ready += device.take_accept_ready(listener);
-    }
+    wait_accept_ready(&mut device, listener, 3);
     assert_eq!(device.create(wire::VIRTIO_TLS_AF_INET), Err(Errno::EMFILE), "the listener and its 3 connections fill the limit");
 
     // A CREDIT_UPDATE carrying payload: malformed, the listener fails.
