@@ -11,6 +11,11 @@ use tls_engine::Errno;
 use virtio_tls_spec::{self as wire, CtrlHeader, CtrlResponse, DataHeader, Event, SockAddr, VirtioTlsConfig};
 
 use crate::frontend::VhostUserDevice;
+
+/// The credit and event rules, the same file the guest driver compiles.
+#[path = "../../../guest-driver/flow.rs"]
+mod flow;
+use flow::{Received, SocketFlow};
 use crate::guest_memory::GuestMemory;
 
 /// Guest memory for the harness: rings plus buffers.
@@ -51,27 +56,19 @@ impl RawReply {
     }
 }
 
-#[derive(Default)]
 struct SocketState {
     queue_pair: u16,
-    connect_result: Option<u32>,
-    error: Option<Errno>,
     rx: VecDeque<u8>,
-    eof: bool,
-    /// Bytes the application consumed (our fwd_cnt).
-    fwd_cnt: u32,
-    fwd_reported: u32,
-    /// Payload bytes queued on tx, ever.
-    tx_bytes: u64,
-    /// The device's credit view.
-    peer_buf_alloc: u32,
-    peer_fwd_cnt: u32,
+    flow: SocketFlow,
 }
 
 impl SocketState {
-    fn credit(&self) -> u32 {
-        let in_flight = (self.tx_bytes as u32).wrapping_sub(self.peer_fwd_cnt);
-        self.peer_buf_alloc.saturating_sub(in_flight)
+    fn new(queue_pair: u16, peer_buf_alloc: u32) -> SocketState {
+        SocketState { queue_pair, rx: VecDeque::new(), flow: SocketFlow::new(DRIVER_BUF_ALLOC, peer_buf_alloc) }
+    }
+
+    fn error(&self) -> Option<Errno> {
+        self.flow.failure().map(Errno)
     }
 }
 
@@ -267,8 +264,7 @@ impl TlsDevice {
         let payload = wire::CreateRequest { family, queue_pair, buf_alloc: DRIVER_BUF_ALLOC }.encode();
         let (response, _) = self.request(wire::VIRTIO_TLS_OP_CREATE, 0, &payload, 0);
         Self::status(&response)?;
-        let state = SocketState { queue_pair, peer_buf_alloc: self.config.socket_buf_size, ..Default::default() };
-        self.sockets.insert(response.socket_id, state);
+        self.sockets.insert(response.socket_id, SocketState::new(queue_pair, self.config.socket_buf_size));
         Ok(response.socket_id)
     }
 
@@ -332,7 +328,7 @@ impl TlsDevice {
     /// Starts a connect; Ok means in progress (a CONNECT_DONE follows).
     pub fn start_connect(&mut self, id: u32, addr: SockAddr) -> Result<(), Errno> {
         if let Some(socket) = self.sockets.get_mut(&id) {
-            socket.connect_result = None;
+            socket.flow.start_connect();
         }
         let (response, _) = self.request(wire::VIRTIO_TLS_OP_CONNECT, id, &addr.encode(), 0);
         Self::status(&response)
@@ -341,7 +337,7 @@ impl TlsDevice {
     /// The CONNECT_DONE status, once it came.
     pub fn connect_result(&mut self, id: u32) -> Option<Result<(), Errno>> {
         self.poll(Duration::ZERO);
-        let status = self.sockets.get(&id)?.connect_result?;
+        let status = self.sockets.get(&id)?.flow.connect_status?;
         Some(if status == 0 { Ok(()) } else { Err(Errno(status)) })
     }
 
@@ -381,8 +377,7 @@ impl TlsDevice {
         let (response, value) = self.request(wire::VIRTIO_TLS_OP_ACCEPT, id, &payload, SockAddr::SIZE as u32);
         Self::status(&response)?;
         let peer = SockAddr::decode(&value).expect("ACCEPT returns the client's address");
-        let state = SocketState { queue_pair: 0, peer_buf_alloc: self.config.socket_buf_size, ..Default::default() };
-        self.sockets.insert(response.socket_id, state);
+        self.sockets.insert(response.socket_id, SocketState::new(0, self.config.socket_buf_size));
         self.send_packet(response.socket_id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
         Ok((response.socket_id, peer))
     }
@@ -405,14 +400,14 @@ impl TlsDevice {
     }
 
     pub fn shutdown(&mut self, id: u32, how: u32) -> Result<(), Errno> {
-        let tx_bytes = self.sockets.get(&id).map_or(0, |s| s.tx_bytes);
+        let tx_bytes = self.sockets.get(&id).map_or(0, |s| s.flow.tx_bytes());
         let payload = wire::ShutdownRequest { how, reserved: 0, tx_bytes }.encode();
         let (response, _) = self.request(wire::VIRTIO_TLS_OP_SHUTDOWN, id, &payload, 0);
         Self::status(&response)
     }
 
     pub fn close(&mut self, id: u32) -> Result<(), Errno> {
-        let tx_bytes = self.sockets.get(&id).map_or(0, |s| s.tx_bytes);
+        let tx_bytes = self.sockets.get(&id).map_or(0, |s| s.flow.tx_bytes());
         let payload = wire::CloseRequest { tx_bytes }.encode();
         let (response, _) = self.request(wire::VIRTIO_TLS_OP_CLOSE, id, &payload, 0);
         Self::status(&response)?;
@@ -430,12 +425,12 @@ impl TlsDevice {
         let mut sent = 0;
         loop {
             let socket = self.sockets.get(&id).ok_or(Errno::EBADF)?;
-            if let Some(errno) = socket.error {
+            if let Some(errno) = socket.error() {
                 return if sent > 0 { Ok(sent) } else { Err(errno) };
             }
-            let room = (socket.credit() as usize).min(TX_BUFFER_SIZE as usize - DataHeader::SIZE).min(data.len() - sent);
+            let room = socket.flow.sendable(data.len() - sent, TX_BUFFER_SIZE as usize - DataHeader::SIZE);
             if room == 0 {
-                if socket.credit() == 0 && sent == 0 {
+                if socket.flow.credit() == 0 && sent == 0 {
                     // Ask, in case the device's update got lost in between.
                     self.send_packet(id, wire::VIRTIO_TLS_DATA_OP_CREDIT_REQUEST, &[]);
                 }
@@ -453,17 +448,8 @@ impl TlsDevice {
     fn send_packet(&mut self, id: u32, op: u16, payload: &[u8]) {
         let Some(addr) = self.tx_free.pop() else { return };
         let socket = self.sockets.get_mut(&id).expect("known socket");
-        socket.tx_bytes += payload.len() as u64;
-        socket.fwd_reported = socket.fwd_cnt;
-        let header = DataHeader {
-            socket_id: id,
-            op,
-            flags: 0,
-            len: payload.len() as u32,
-            buf_alloc: DRIVER_BUF_ALLOC,
-            fwd_cnt: socket.fwd_cnt,
-            reserved: 0,
-        };
+        let header = socket.flow.header(id, op, payload.len());
+        socket.flow.header_sent(&header);
         let pair = socket.queue_pair;
         self.queue_tx(pair, addr, &header, payload);
     }
@@ -509,17 +495,16 @@ impl TlsDevice {
             data.extend_from_slice(&front[..from_front]);
             data.extend_from_slice(&back[..n - from_front]);
             socket.rx.drain(..n);
-            socket.fwd_cnt = socket.fwd_cnt.wrapping_add(n as u32);
             // Tell the device about freed room once a quarter has moved.
-            if socket.fwd_cnt.wrapping_sub(socket.fwd_reported) >= DRIVER_BUF_ALLOC / 4 {
+            if socket.flow.consumed(n) {
                 self.send_packet(id, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, &[]);
             }
             return Recv::Data(data);
         }
-        if let Some(errno) = socket.error {
+        if let Some(errno) = socket.error() {
             return Recv::Error(errno);
         }
-        if socket.eof {
+        if socket.flow.eof {
             return Recv::Eof;
         }
         Recv::WouldBlock
@@ -683,18 +668,12 @@ impl TlsDevice {
                 if event.event == wire::VIRTIO_TLS_EVENT_ACCEPT_READY && self.sockets.contains_key(&event.socket_id) {
                     *self.accept_ready.entry(event.socket_id).or_default() += 1;
                 } else if let Some(socket) = self.sockets.get_mut(&event.socket_id) {
-                    match event.event {
-                        wire::VIRTIO_TLS_EVENT_CONNECT_DONE => {
-                            socket.connect_result = Some(event.status);
-                            if event.status != 0 {
-                                socket.error = Some(Errno(event.status));
-                            } else {
-                                socket.error = None;
-                            }
-                        }
-                        wire::VIRTIO_TLS_EVENT_SOCKET_ERROR => socket.error = Some(Errno(event.status)),
-                        other => panic!("unknown event {other}"),
-                    }
+                    assert!(
+                        [wire::VIRTIO_TLS_EVENT_CONNECT_DONE, wire::VIRTIO_TLS_EVENT_SOCKET_ERROR].contains(&event.event),
+                        "unknown event {}",
+                        event.event
+                    );
+                    socket.flow.on_event(&event);
                 } else {
                     self.messages_for_unknown_sockets += 1;
                 }
@@ -719,14 +698,9 @@ impl TlsDevice {
                 let header = DataHeader::decode(bytes).expect("header");
                 assert_eq!(header.len as usize, len as usize - DataHeader::SIZE, "used length matches the header");
                 if let Some(socket) = self.sockets.get_mut(&header.socket_id) {
-                    socket.peer_buf_alloc = header.buf_alloc;
-                    socket.peer_fwd_cnt = header.fwd_cnt;
-                    if header.op == wire::VIRTIO_TLS_DATA_OP_RW {
+                    if socket.flow.on_packet(&header) == Received::Data {
                         socket.rx.extend(&bytes[DataHeader::SIZE..]);
                         assert!(socket.rx.len() <= DRIVER_BUF_ALLOC as usize, "the device exceeded the driver's credit");
-                        if header.flags & wire::VIRTIO_TLS_DATA_F_EOF != 0 {
-                            socket.eof = true;
-                        }
                     }
                 } else {
                     self.messages_for_unknown_sockets += 1;
