@@ -7,8 +7,9 @@
  * the device config and sends CREATE and CLOSE on the control queue,
  * polling the used ring. Root only (pagemap gives physical addresses).
  *
- * The in-kernel virtio-pci transport has claimed the device and set
- * ACKNOWLEDGE; with no virtio driver for it, nobody else touches it.
+ * The in-kernel virtio-pci transport has claimed the device (and shown
+ * it on the virtio bus); virtio-poke unbinds it from virtio-pci first and
+ * then owns it alone (take_device).
  * Message layouts are those of spec/virtio-tls.md 2.4 and 2.6 (little
  * endian, and so is x86).
  *
@@ -106,6 +107,33 @@ struct queue { struct desc *desc; volatile uint16_t *avail; volatile uint16_t *u
 
 static struct queue q[130];
 
+/* Takes the device from the kernel's virtio-pci driver: with
+ * CONFIG_IO_STRICT_DEVMEM (Debian's kernels) the BARs a driver has claimed
+ * cannot be mapped from user space (mmap fails with EINVAL). Unbinding
+ * also turns bus mastering off, without which QEMU does no DMA for the
+ * device, so the command register gets memory space and bus master back. */
+static void take_device(void)
+{
+	char path[600], name[256];
+	snprintf(path, sizeof(path), "%s/driver/unbind", devdir);
+	if (access(path, F_OK) == 0) {
+		snprintf(name, sizeof(name), "%s", strrchr(devdir, '/') + 1);
+		int fd = open(path, O_WRONLY);
+		if (fd < 0 || write(fd, name, strlen(name)) != (ssize_t)strlen(name))
+			die("unbind the device from its kernel driver");
+		close(fd);
+	}
+	snprintf(path, sizeof(path), "%s/config", devdir);
+	int fd = open(path, O_RDWR);
+	uint16_t command;
+	if (fd < 0 || pread(fd, &command, 2, 4) != 2)
+		die("PCI command register");
+	command |= 0x6; /* PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER */
+	if (pwrite(fd, &command, 2, 4) != 2)
+		die("PCI command register");
+	close(fd);
+}
+
 static void find_caps(void)
 {
 	char path[600];
@@ -180,6 +208,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "virtio-poke: no PCI device %04x:%04x\n", vendor, device);
 		return 1;
 	}
+	take_device();
 	find_caps();
 
 	R8(common, 0x14) = S_ACK | S_DRIVER;
