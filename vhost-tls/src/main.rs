@@ -16,55 +16,73 @@ use vhost_tls::sandbox::{self, SandboxMode, SandboxPlan};
 use vhost_tls::{DeviceShape, ListenOn, Server};
 
 /// TLS as a hypervisor service: the vhost-user backend of virtio-tls.
+///
+/// As QEMU's vhost-user backend programs do, the bare program serves too:
+/// `vhost-tls --socket-path PATH --policy FILE` (or `--fd N`) is
+/// `vhost-tls serve ...`.
 #[derive(Parser)]
-#[command(name = "vhost-tls", version, about)]
+#[command(name = "vhost-tls", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Print the backend's capabilities as JSON and exit (QEMU's
     /// vhost-user backend convention, docs/interop/vhost-user.json).
     #[arg(long)]
     print_capabilities: bool,
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// What `serve` (and the bare program) takes.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Serving (the bare program, as `serve`)")]
+struct ServeArgs {
+    /// vhost-user Unix socket to listen on (QEMU's chardev path).
+    #[arg(long, conflicts_with = "fd")]
+    socket_path: Option<PathBuf>,
+    /// A listening vhost-user Unix socket handed over as this descriptor;
+    /// its file, if any, is the caller's to remove. Without this or
+    /// --socket-path, the socket systemd passed (LISTEN_FDS/LISTEN_PID, a
+    /// .socket unit's) is served.
+    #[arg(long)]
+    fd: Option<RawFd>,
+    /// The VM's policy file (TOML).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Data queue pairs (QEMU's num_vqs is 2 + 2 x this).
+    #[arg(long, default_value_t = 1)]
+    queue_pairs: u16,
+    /// Microseconds the worker keeps polling sockets and queues after
+    /// each wake-up before it sleeps: lower round-trip latency for more
+    /// CPU (docs/performance.md). 0, the default, never polls.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    busy_poll_us: u64,
+    /// Unix socket for `vhost-tls ctl` (sockets, policy, reload, metrics).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// Append one JSON line per session, when it ends, to this file.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Self-confinement once everything is open: privilege drop,
+    /// Landlock, seccomp (docs/operator.md, "The sandbox").
+    #[arg(long, value_enum, default_value_t = SandboxMode::On)]
+    sandbox: SandboxMode,
+    /// The user to switch to when started as root (default: nobody).
+    #[arg(long)]
+    user: Option<String>,
+}
+
+impl ServeArgs {
+    /// Whether the bare program was asked to serve.
+    fn given(&self) -> bool {
+        self.socket_path.is_some() || self.fd.is_some() || self.policy.is_some()
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve one VM on a vhost-user socket until its front end disconnects.
-    #[command(group(clap::ArgGroup::new("vhost_user_socket").required(true).args(["socket_path", "fd"])))]
-    Serve {
-        /// vhost-user Unix socket to listen on (QEMU's chardev path).
-        #[arg(long)]
-        socket_path: Option<PathBuf>,
-        /// A listening vhost-user Unix socket handed over as this
-        /// descriptor (a systemd .socket unit's is 3); its file, if any, is
-        /// the caller's to remove.
-        #[arg(long)]
-        fd: Option<RawFd>,
-        /// The VM's policy file (TOML).
-        #[arg(long)]
-        policy: PathBuf,
-        /// Data queue pairs (QEMU's num_vqs is 2 + 2 x this).
-        #[arg(long, default_value_t = 1)]
-        queue_pairs: u16,
-        /// Microseconds the worker keeps polling sockets and queues after
-        /// each wake-up before it sleeps: lower round-trip latency for more
-        /// CPU (docs/performance.md). 0, the default, never polls.
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
-        busy_poll_us: u64,
-        /// Unix socket for `vhost-tls ctl` (sockets, policy, reload, metrics).
-        #[arg(long)]
-        control_socket: Option<PathBuf>,
-        /// Append one JSON line per session, when it ends, to this file.
-        #[arg(long)]
-        audit_log: Option<PathBuf>,
-        /// Self-confinement once everything is open: privilege drop,
-        /// Landlock, seccomp (docs/operator.md, "The sandbox").
-        #[arg(long, value_enum, default_value_t = SandboxMode::On)]
-        sandbox: SandboxMode,
-        /// The user to switch to when started as root (default: nobody).
-        #[arg(long)]
-        user: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Talk to a running `serve` through its control socket.
     Ctl {
         /// The `--control-socket` of the `serve` to ask.
@@ -120,9 +138,13 @@ fn main() -> ExitCode {
         println!("{}", capabilities());
         return ExitCode::SUCCESS;
     }
-    let Some(command) = cli.command else {
-        eprint!("{}", Cli::command().render_help());
-        return ExitCode::from(2);
+    let command = match cli.command {
+        Some(command) => command,
+        None if cli.serve.given() => Command::Serve(cli.serve),
+        None => {
+            eprint!("{}", Cli::command().render_help());
+            return ExitCode::from(2);
+        }
     };
     match command {
         Command::Policy { command: PolicyCommand::Check { file } } => match Policy::load(&file) {
@@ -166,46 +188,109 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { socket_path, fd, policy: policy_path, queue_pairs, busy_poll_us, control_socket, audit_log, sandbox: mode, user } => {
-            let policy = match Policy::load(&policy_path) {
-                Ok(policy) => Arc::new(policy),
-                Err(error) => {
-                    eprintln!("vhost-tls: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let listen_on = match (socket_path, fd) {
-                (Some(path), _) => ListenOn::Path(path),
-                (None, Some(fd)) => match handed_over_listener(fd) {
-                    Ok(listener) => ListenOn::Listener(listener),
-                    Err(error) => {
-                        eprintln!("vhost-tls: --fd {fd}: {error}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                (None, None) => unreachable!("clap requires --socket-path or --fd"),
-            };
-            raise_fd_limit();
-            // Only a socket file the backend made is removed at exit.
-            let mut socket_dirs: Vec<PathBuf> = listen_on.own_path().map(sandbox::parent_dir).into_iter().collect();
-            socket_dirs.extend(control_socket.as_deref().map(sandbox::parent_dir));
-            let sandbox = SandboxPlan {
-                mode,
-                user,
-                policy_dirs: sandbox::policy_dirs(&policy_path, &policy),
-                socket_dirs,
-                keep_net_bind_service: sandbox::maps_privileged_ports(&policy),
-            };
-            let options = ServeOptions { policy_path, control_socket, audit_log, sandbox };
-            let shape = DeviceShape { queue_pairs, busy_poll: std::time::Duration::from_micros(busy_poll_us) };
-            match serve(listen_on, policy, shape, options) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("vhost-tls: {error}");
-                    ExitCode::FAILURE
-                }
+        Command::Serve(args) => run_serve(args),
+    }
+}
+
+/// A usage error, as clap reports its own (exit 2).
+fn usage_error(message: String) -> ExitCode {
+    Cli::command().error(clap::error::ErrorKind::MissingRequiredArgument, message).print().ok();
+    ExitCode::from(2)
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
+    let ServeArgs { socket_path, fd, policy, queue_pairs, busy_poll_us, control_socket, audit_log, sandbox: mode, user } = args;
+    let Some(policy_path) = policy else {
+        return usage_error("serving needs the VM's policy: --policy FILE".to_owned());
+    };
+    // Which descriptor, if any, to take before anything else: one of
+    // systemd's is removed from the environment here either way.
+    let handed_over = match (&socket_path, fd) {
+        (Some(_), _) => None,
+        (None, Some(fd)) => Some((fd, format!("--fd {fd}"))),
+        (None, None) => match systemd_listen_fds() {
+            Ok(Some(fd)) => Some((fd, format!("the socket systemd passed (LISTEN_FDS, descriptor {fd})"))),
+            Ok(None) => {
+                return usage_error(
+                    "no vhost-user socket: give --socket-path PATH or --fd N, or start from a systemd .socket unit (LISTEN_FDS)".to_owned(),
+                )
             }
+            Err(error) => {
+                eprintln!("vhost-tls: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let policy = match Policy::load(&policy_path) {
+        Ok(policy) => Arc::new(policy),
+        Err(error) => {
+            eprintln!("vhost-tls: {error}");
+            return ExitCode::FAILURE;
         }
+    };
+    let listen_on = match (socket_path, handed_over) {
+        (Some(path), _) => ListenOn::Path(path),
+        (None, Some((fd, name))) => match handed_over_listener(fd) {
+            Ok(listener) => ListenOn::Listener(listener),
+            Err(error) => {
+                eprintln!("vhost-tls: {name}: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => unreachable!("a socket path or a descriptor was found above"),
+    };
+    raise_fd_limit();
+    // Only a socket file the backend made is removed at exit.
+    let mut socket_dirs: Vec<PathBuf> = listen_on.own_path().map(sandbox::parent_dir).into_iter().collect();
+    socket_dirs.extend(control_socket.as_deref().map(sandbox::parent_dir));
+    let sandbox = SandboxPlan {
+        mode,
+        user,
+        policy_dirs: sandbox::policy_dirs(&policy_path, &policy),
+        socket_dirs,
+        keep_net_bind_service: sandbox::maps_privileged_ports(&policy),
+    };
+    let options = ServeOptions { policy_path, control_socket, audit_log, sandbox };
+    let shape = DeviceShape { queue_pairs, busy_poll: std::time::Duration::from_micros(busy_poll_us) };
+    match serve(listen_on, policy, shape, options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("vhost-tls: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The descriptor systemd passed, as sd_listen_fds(3) finds it: LISTEN_FDS
+/// sockets from descriptor 3 on, meant for this process only when
+/// LISTEN_PID is its pid. The variables are removed so that nothing this
+/// process starts takes them as its own. `None` when systemd passed none.
+fn systemd_listen_fds() -> Result<Option<RawFd>, String> {
+    const SD_LISTEN_FDS_START: RawFd = 3;
+    let Some(count) = std::env::var_os("LISTEN_FDS") else { return Ok(None) };
+    let pid = std::env::var_os("LISTEN_PID");
+    for name in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        // Single-threaded still (nothing has started a thread yet).
+        std::env::remove_var(name);
+    }
+    let count = count.to_string_lossy().into_owned();
+    let Some(pid) = pid else {
+        return Err(format!("LISTEN_FDS={count} without LISTEN_PID: not passed by systemd's socket activation"));
+    };
+    let pid = pid.to_string_lossy().into_owned();
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        return Err(format!(
+            "LISTEN_FDS={count} is meant for process {pid} (LISTEN_PID), not this one ({}): give --socket-path or --fd",
+            std::process::id()
+        ));
+    }
+    match count.parse::<u32>() {
+        Ok(0) => Ok(None),
+        Ok(1) => Ok(Some(SD_LISTEN_FDS_START)),
+        Ok(n) => Err(format!(
+            "systemd passed {n} sockets (LISTEN_FDS); one backend serves one VM on one socket: give the .socket unit one ListenStream="
+        )),
+        Err(_) => Err(format!("LISTEN_FDS={count} is not a number")),
     }
 }
 
