@@ -40,6 +40,12 @@ struct ServeArgs {
     /// vhost-user Unix socket to listen on (QEMU's chardev path).
     #[arg(long, conflicts_with = "fd")]
     socket_path: Option<PathBuf>,
+    /// Give the --socket-path socket this group (a name or a number) and
+    /// mode 0660, so that only the VM's QEMU, in that group, can connect
+    /// (docs/operator.md, "One VM cannot reach another's backend"). Not run
+    /// as root, the backend must be a member of it (SupplementaryGroups=).
+    #[arg(long, requires = "socket_path", conflicts_with = "fd")]
+    socket_group: Option<String>,
     /// A listening vhost-user Unix socket handed over as this descriptor;
     /// its file, if any, is the caller's to remove. Without this or
     /// --socket-path, the socket systemd passed (LISTEN_FDS/LISTEN_PID, a
@@ -199,7 +205,7 @@ fn usage_error(message: String) -> ExitCode {
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
-    let ServeArgs { socket_path, fd, policy, queue_pairs, busy_poll_us, control_socket, audit_log, sandbox: mode, user } = args;
+    let ServeArgs { socket_path, socket_group, fd, policy, queue_pairs, busy_poll_us, control_socket, audit_log, sandbox: mode, user } = args;
     let Some(policy_path) = policy else {
         return usage_error("serving needs the VM's policy: --policy FILE".to_owned());
     };
@@ -228,6 +234,14 @@ fn run_serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Looked up now, while the name service files can still be read.
+    let socket_gid = match socket_group.as_deref().map(group_id).transpose() {
+        Ok(gid) => gid,
+        Err(error) => {
+            eprintln!("vhost-tls: --socket-group: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listen_on = match (socket_path, handed_over) {
         (Some(path), _) => ListenOn::Path(path),
         (None, Some((fd, name))) => match handed_over_listener(fd) {
@@ -250,7 +264,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         socket_dirs,
         keep_net_bind_service: sandbox::maps_privileged_ports(&policy),
     };
-    let options = ServeOptions { policy_path, control_socket, audit_log, sandbox };
+    let options = ServeOptions { policy_path, control_socket, audit_log, sandbox, socket_gid };
     let shape = DeviceShape { queue_pairs, busy_poll: std::time::Duration::from_micros(busy_poll_us) };
     match serve(listen_on, policy, shape, options) {
         Ok(()) => ExitCode::SUCCESS,
@@ -307,6 +321,8 @@ struct ServeOptions {
     control_socket: Option<PathBuf>,
     audit_log: Option<PathBuf>,
     sandbox: SandboxPlan,
+    /// The group the vhost-user socket file gets (with mode 0660).
+    socket_gid: Option<u32>,
 }
 
 fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
@@ -344,8 +360,15 @@ fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: 
     };
     // Connected while unconfined; READY=1 is sent once the backend listens.
     let readiness = systemd_notify_socket()?;
-    // Confined once every socket is bound and before any thread starts.
-    let confine = || sandbox::confine(&options.sandbox).map(|_| ());
+    // Confined once every socket is bound and before any thread starts;
+    // the socket file gets its group first, before any front end can have
+    // connected, while the backend may still change it.
+    let confine = || {
+        if let (Some(gid), Some(path)) = (options.socket_gid, &socket_path) {
+            set_socket_group(path, gid).map_err(sandbox::SandboxError::Privileges)?;
+        }
+        sandbox::confine(&options.sandbox).map(|_| ())
+    };
     let server = match Server::start_confined(listen_on, policy, shape.clone(), confine) {
         Ok(server) => Arc::new(server),
         Err(error) => {
@@ -417,6 +440,34 @@ fn capabilities() -> serde_json::Value {
         "type": "tls",
         "features": ["queue-pairs", "control-socket", "audit-log", "busy-poll-us", "sandbox", "user"],
     })
+}
+
+/// The gid of group `name` (or `name` itself, a number).
+fn group_id(name: &str) -> Result<u32, String> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| format!("no group {name:?}"))?;
+    // SAFETY: a zeroed `group` is a valid out-parameter for getgrnam_r.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the size passed; the
+    // result points into `entry` and `buffer` only.
+    let rc = unsafe { libc::getgrnam_r(c_name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    if rc == 0 && !found.is_null() {
+        return Ok(entry.gr_gid);
+    }
+    name.parse::<u32>().map_err(|_| format!("no group {name:?}"))
+}
+
+/// Gives the vhost-user socket file `gid` and mode 0660: the VM's QEMU, in
+/// that group, may connect; nobody else but the owner (and root).
+fn set_socket_group(path: &std::path::Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let context = |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot give the socket {} group {gid}: {e}", path.display()));
+    // Just bound, in a directory only the backend's user may write (the
+    // unit's RuntimeDirectory), before any front end connected: nothing
+    // else can have put a link in its place. lchown all the same.
+    std::os::unix::fs::lchown(path, None, Some(gid)).map_err(context)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(context)
 }
 
 /// Takes ownership of descriptor `fd`, which must be a listening Unix
