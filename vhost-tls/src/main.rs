@@ -66,9 +66,14 @@ struct ServeArgs {
     /// Unix socket for `vhost-tls ctl` (sockets, policy, reload, metrics).
     #[arg(long)]
     control_socket: Option<PathBuf>,
-    /// Append one JSON line per session, when it ends, to this file.
+    /// Append one JSON line per session, when it ends, to this file
+    /// (reopened on SIGHUP, after logrotate renamed it).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// The VM's name, put in every audit record and as the label vm="NAME"
+    /// on every metric (the units pass their instance name, %i).
+    #[arg(long)]
+    vm_name: Option<String>,
     /// Self-confinement once everything is open: privilege drop,
     /// Landlock, seccomp (docs/operator.md, "The sandbox").
     #[arg(long, value_enum, default_value_t = SandboxMode::On)]
@@ -102,7 +107,55 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Print the QEMU arguments that attach the device to a backend.
+    QemuArgs(QemuArgs),
 }
+
+/// What `qemu-args` takes.
+#[derive(clap::Args)]
+struct QemuArgs {
+    /// The vhost-user socket the backend listens on.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Data queue pairs: the backend's `serve --queue-pairs`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUE_PAIRS)))]
+    queue_pairs: u16,
+    /// The VM's policy, checked first. QEMU's arguments do not depend on
+    /// it: the guest reads the policy's limits from the device.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The id of the chardev (and the device's chardev= property).
+    #[arg(long, default_value = "vhost-tls0")]
+    chardev_id: String,
+    /// QEMU connects again this often while the backend is away (a restart);
+    /// 0: never.
+    #[arg(long, default_value_t = 1000)]
+    reconnect_ms: u32,
+    /// `named`: `vhost-user-tls-pci`, the device qemu/patches adds;
+    /// `generic`: `vhost-user-device-pci` with the virtio id, queue count
+    /// and config size spelled out (QEMU with the generic device made
+    /// user-creatable).
+    #[arg(long, value_enum, default_value_t = DeviceForm::Named)]
+    device: DeviceForm,
+    /// Also the guest memory, shared with the backend as vhost-user needs
+    /// (memfd, share=on; a NUMA node over it): its size, e.g. 2G.
+    #[arg(long)]
+    memory: Option<String>,
+    /// A JSON array of the arguments instead of a shell line (for tools,
+    /// such as libvirt's <qemu:arg value=.../>).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeviceForm {
+    Named,
+    Generic,
+}
+
+/// QEMU's VIRTIO_QUEUE_MAX is 1024 virtqueues: the control and event
+/// queues, then a pair per data queue pair.
+const MAX_QUEUE_PAIRS: u16 = (1024 - 2) / 2;
 
 #[derive(Subcommand)]
 enum CtlCommand {
@@ -195,6 +248,61 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => run_serve(args),
+        Command::QemuArgs(args) => {
+            if let Some(path) = &args.policy {
+                if let Err(error) = Policy::load(path) {
+                    eprintln!("vhost-tls: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let arguments = qemu_arguments(&args);
+            if args.json {
+                println!("{}", serde_json::Value::from(arguments));
+            } else {
+                println!("{}", arguments.iter().map(|a| shell_quoted(a)).collect::<Vec<_>>().join(" "));
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The QEMU arguments that attach a virtio-tls device to the backend on
+/// `args.socket`.
+fn qemu_arguments(args: &QemuArgs) -> Vec<String> {
+    let mut arguments = Vec::new();
+    if let Some(size) = &args.memory {
+        arguments.extend([
+            "-object".to_owned(),
+            format!("memory-backend-memfd,id=vhost-tls-mem,size={size},share=on"),
+            "-numa".to_owned(),
+            "node,memdev=vhost-tls-mem".to_owned(),
+        ]);
+    }
+    let id = &args.chardev_id;
+    // QEMU's option syntax doubles a comma inside a value.
+    let path = args.socket.display().to_string().replace(',', ",,");
+    let reconnect = if args.reconnect_ms > 0 { format!(",reconnect-ms={}", args.reconnect_ms) } else { String::new() };
+    arguments.extend(["-chardev".to_owned(), format!("socket,id={id},path={path}{reconnect}")]);
+    let device = match args.device {
+        DeviceForm::Named if args.queue_pairs == 1 => format!("vhost-user-tls-pci,chardev={id}"),
+        DeviceForm::Named => format!("vhost-user-tls-pci,chardev={id},queue-pairs={}", args.queue_pairs),
+        DeviceForm::Generic => format!(
+            "vhost-user-device-pci,chardev={id},virtio-id={},num_vqs={},config_size={}",
+            virtio_tls_spec::VIRTIO_ID_TLS_DEFAULT,
+            virtio_tls_spec::num_queues(args.queue_pairs),
+            std::mem::size_of::<virtio_tls_spec::VirtioTlsConfig>()
+        ),
+    };
+    arguments.extend(["-device".to_owned(), device]);
+    arguments
+}
+
+/// `word` as one word for a POSIX shell.
+fn shell_quoted(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "_-,./=:@%+".contains(c)) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -205,7 +313,8 @@ fn usage_error(message: String) -> ExitCode {
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
-    let ServeArgs { socket_path, socket_group, fd, policy, queue_pairs, busy_poll_us, control_socket, audit_log, sandbox: mode, user } = args;
+    let ServeArgs { socket_path, socket_group, fd, policy, queue_pairs, busy_poll_us, control_socket, audit_log, vm_name, sandbox: mode, user } =
+        args;
     let Some(policy_path) = policy else {
         return usage_error("serving needs the VM's policy: --policy FILE".to_owned());
     };
@@ -262,9 +371,10 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         user,
         policy_dirs: sandbox::policy_dirs(&policy_path, &policy),
         socket_dirs,
+        log_dirs: audit_log.as_deref().map(sandbox::parent_dir).into_iter().collect(),
         keep_net_bind_service: sandbox::maps_privileged_ports(&policy),
     };
-    let options = ServeOptions { policy_path, control_socket, audit_log, sandbox, socket_gid };
+    let options = ServeOptions { policy_path, control_socket, audit_log, vm_name, sandbox, socket_gid };
     let shape = DeviceShape { queue_pairs, busy_poll: std::time::Duration::from_micros(busy_poll_us) };
     match serve(listen_on, policy, shape, options) {
         Ok(()) => ExitCode::SUCCESS,
@@ -320,6 +430,7 @@ struct ServeOptions {
     policy_path: PathBuf,
     control_socket: Option<PathBuf>,
     audit_log: Option<PathBuf>,
+    vm_name: Option<String>,
     sandbox: SandboxPlan,
     /// The group the vhost-user socket file gets (with mode 0660).
     socket_gid: Option<u32>,
@@ -334,20 +445,7 @@ fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: 
     };
     // Opened before anything listens, so a path that cannot be written
     // stops the backend before a VM depends on it.
-    let audit_log = match &options.audit_log {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                // Peers, names and errors of every session of the VM: the
-                // owner writes, the operator's group reads, nobody else
-                // (a file that exists keeps its mode).
-                .mode(0o640)
-                .open(path)
-                .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
+    let audit_log = options.audit_log.as_deref().map(open_audit_log).transpose()?;
     // Before any socket exists, so neither a front end nor an operator can
     // see a backend that a signal would kill uncleanly (SIGHUP's default
     // action is to terminate).
@@ -381,6 +479,11 @@ fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: 
     if let Some(log) = audit_log {
         server.set_audit_log(Box::new(log));
     }
+    let instance = match options.vm_name.clone() {
+        Some(name) => server.set_vm_name(name),
+        None => server.backend().with_device(|device| device.instance()),
+    };
+    tracing::info!(vm = options.vm_name.as_deref().unwrap_or("-"), instance, "audit session ids are INSTANCE-N");
     let control = Arc::new(Control::new(server.clone(), options.policy_path));
     if let (Some(listener), Some(path)) = (control_listener, &options.control_socket) {
         control::serve(listener, control.clone())?;
@@ -393,6 +496,7 @@ fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: 
     let on_signal = server.clone();
     let cleanup_path = socket_path.clone();
     let control_path = options.control_socket.clone();
+    let audit_path = options.audit_log.clone();
     std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == SIGHUP {
@@ -400,6 +504,17 @@ fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: 
                 // leaves the one in force.
                 if let Ok(message) = control.reload(None) {
                     tracing::info!("SIGHUP: {message}");
+                }
+                // After logrotate renamed the file: records go to a new one
+                // from now on (if it cannot be opened, to the old one still).
+                if let Some(path) = &audit_path {
+                    match open_audit_log(path) {
+                        Ok(log) => {
+                            on_signal.set_audit_log(Box::new(log));
+                            tracing::info!(audit_log = %path.display(), "SIGHUP: audit log reopened");
+                        }
+                        Err(error) => tracing::warn!("SIGHUP: {error}; records still go to the file open before"),
+                    }
                 }
                 continue;
             }
@@ -429,6 +544,18 @@ fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: 
     Ok(result?)
 }
 
+/// Opens (creates) the audit log for appending. Peers, names and errors of
+/// every session of the VM: the owner writes, the operator's group reads,
+/// nobody else (a file that exists keeps its mode).
+fn open_audit_log(path: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))
+}
+
 /// What `--print-capabilities` prints: QEMU's VHostUserBackendCapabilities
 /// (docs/interop/vhost-user.json). Its list of types has none for TLS, so
 /// the type is "tls", which no management software will mistake for a
@@ -438,7 +565,7 @@ fn serve(listen_on: ListenOn, policy: Arc<Policy>, shape: DeviceShape, options: 
 fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tls",
-        "features": ["queue-pairs", "control-socket", "audit-log", "busy-poll-us", "sandbox", "user"],
+        "features": ["queue-pairs", "control-socket", "audit-log", "vm-name", "socket-group", "busy-poll-us", "sandbox", "user"],
     })
 }
 
