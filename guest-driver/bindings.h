@@ -25,5 +25,10 @@
 #include <net/protocol.h>
 #include <net/sock.h>
 
-/* Macros bindgen cannot evaluate (casts), as the kernel's own helper does. */
+/*
+ * Values bindgen cannot name the same way everywhere: GFP_KERNEL is a macro
+ * of casts (the kernel's own helper does this too), and SOCK_CUSTOM_SOCKOPT
+ * a member of an anonymous enum.
+ */
 const gfp_t VIRTIO_TLS_GFP_KERNEL = GFP_KERNEL;
+const unsigned int VIRTIO_TLS_SOCK_CUSTOM_SOCKOPT = SOCK_CUSTOM_SOCKOPT;

@@ -18,6 +18,10 @@
 )]
 
 use kernel::ffi;
+// 7.x's rust/bindgen_parameters (which the module's bindgen run reads)
+// derive pin-init's MaybeZeroable on every struct, as rust/bindings does.
+#[cfg(virtio_tls_kernel_7)]
+use pin_init::MaybeZeroable;
 
 // What rust/bindings/lib.rs defines by hand (bindgen_parameters blocklists
 // them, so that sizes are usize/isize).

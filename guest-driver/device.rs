@@ -22,17 +22,16 @@
 
 use crate::flow::{Received, SocketFlow};
 use crate::net::code;
-use crate::sync::{self, Guard, Locked, WaitQueue};
+use crate::sync::{self, Global, Guard, Installed};
 use crate::virtio::{Packet, Queues, VirtioDevice};
 use crate::wire;
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::prelude::*;
 
-/// Everyone who waits for the device sleeps or polls here.
-pub(crate) static WAITERS: WaitQueue = WaitQueue::new();
+pub(crate) use crate::sync::WAITERS;
 
 /// The bound device, if any. The driver serves one.
-static DEVICE: Locked<Option<Device>> = Locked::new(None);
+static DEVICE: Global<Option<Device>> = Global::new();
 
 /// Receive buffers posted at once, and the payload each holds.
 const RX_BUFFERS: usize = 16;
@@ -196,24 +195,32 @@ pub(crate) struct Device {
 }
 
 /// The driver lock, held: the bound device if there is one.
-pub(crate) type DeviceGuard = Guard<Option<Device>>;
+pub(crate) struct DeviceGuard(Guard<Option<Device>>);
+
+impl DeviceGuard {
+    pub(crate) fn device(&mut self) -> Option<&mut Device> {
+        (*self.0).as_mut()
+    }
+
+    pub(crate) fn device_ref(&self) -> Option<&Device> {
+        (*self.0).as_ref()
+    }
+
+    fn slot(&mut self) -> &mut Option<Device> {
+        &mut self.0
+    }
+}
 
 /// Takes the driver lock. Never held across a user copy or a sleep.
 pub(crate) fn lock() -> DeviceGuard {
-    DEVICE.lock()
+    DeviceGuard(DEVICE.lock())
 }
 
-/// Module load: the lock and wait queue, before the driver registers.
-///
-/// # Safety
-///
-/// Once, at module load, before anything else in this file runs.
-pub(crate) unsafe fn init() {
-    // SAFETY: the caller's contract.
-    unsafe {
-        DEVICE.init(c"virtio_tls_device");
-        WAITERS.init(c"virtio_tls_waiters");
-    }
+/// Module load: the driver lock, before the driver registers with the
+/// virtio and socket cores. It lives until the returned value is dropped,
+/// at unload after unregistering.
+pub(crate) fn init() -> Result<Installed<Option<Device>>> {
+    DEVICE.install(None)
 }
 
 /// The device's configuration (spec 2.4), checked.
@@ -233,7 +240,7 @@ pub(crate) fn probe(vdev: VirtioDevice) -> Result {
     // Under the lock from the check to DEVICE being set, so that two
     // devices probed at once cannot both pass the check.
     let mut guard = lock();
-    if guard.is_some() {
+    if guard.device_ref().is_some() {
         // One device serves every socket: a second one would replace it
         // under its open sockets and posted buffers.
         pr_err!("a virtio-tls device is bound already: this driver serves one, refusing another\n");
@@ -267,7 +274,7 @@ pub(crate) fn probe(vdev: VirtioDevice) -> Result {
         device.vdev.reset_and_delete(device.queues.take());
         return Err(error);
     }
-    *guard = Some(device);
+    *guard.slot() = Some(device);
     drop(guard);
     pr_info!(
         "device ready: {} sockets, {} queue pair(s), {} bytes per socket, TLS {}..{}\n",
@@ -286,7 +293,7 @@ pub(crate) fn probe(vdev: VirtioDevice) -> Result {
 pub(crate) fn remove(vdev: VirtioDevice) {
     // Out of DEVICE under the lock (no caller can reach it after); the
     // reset then takes every buffer back before they are freed.
-    let device = lock().take();
+    let device = lock().slot().take();
     match device {
         Some(mut device) => device.vdev.reset_and_delete(device.queues.take()),
         None => vdev.reset_and_delete(None),
@@ -302,7 +309,7 @@ pub(crate) fn remove(vdev: VirtioDevice) {
 pub(crate) fn watch() {
     let socket = {
         let mut guard = lock();
-        let Some(device) = guard.as_mut() else { return };
+        let Some(device) = guard.device() else { return };
         device.collect();
         if device.liveness != Liveness::Answering || sync::now_ns().wrapping_sub(device.heard_ns) < WATCH_SILENCE_NS {
             return;
@@ -332,7 +339,7 @@ pub(crate) fn request(op: u16, socket: SocketKey, payload: &[u8]) -> Result<wire
 pub(crate) fn request_value(op: u16, socket: SocketKey, payload: &[u8]) -> Result<(wire::CtrlResponse, KVec<u8>)> {
     let mut guard = lock();
     // A socket whose device went (unbound, unplugged) has failed.
-    let device = guard.as_mut().ok_or(code::ECONNRESET)?;
+    let device = guard.device().ok_or(code::ECONNRESET)?;
     device.exchange(op, socket, payload)
 }
 

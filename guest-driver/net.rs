@@ -302,7 +302,7 @@ impl<'a> Socket<'a> {
         // SAFETY: a socket being set up (socket(), accept()), not yet
         // visible to another task, so a plain write of its flags races
         // with nothing.
-        unsafe { (*self.sock).flags |= 1 << bindings::SOCK_CUSTOM_SOCKOPT };
+        unsafe { (*self.sock).flags |= 1 << bindings::VIRTIO_TLS_SOCK_CUSTOM_SOCKOPT };
     }
 
     /// The generic SOL_SOCKET setsockopt, as the core runs it for sockets
@@ -313,6 +313,8 @@ impl<'a> Socket<'a> {
         kernel::error::to_result(unsafe { bindings::sock_setsockopt(self.sock, SOL_SOCKET, optname, value.raw, value.len) })
     }
 }
+
+pub(crate) use crate::compat::user_slice;
 
 /// MSG_PEEK, for recvmsg's flags.
 pub(crate) const MSG_PEEK: i32 = bindings::MSG_PEEK as i32;
@@ -375,7 +377,7 @@ impl<'a> OptValue<'a> {
                 let from = core::slice::from_raw_parts(self.raw.__bindgen_anon_1.kernel.cast::<u8>(), len);
                 value.extend_from_slice(from, GFP_KERNEL)?;
             } else {
-                kernel::uaccess::UserSlice::new(self.raw.__bindgen_anon_1.user as usize, len).read_all(&mut value, GFP_KERNEL)?;
+                user_slice(self.raw.__bindgen_anon_1.user as usize, len).read_all(&mut value, GFP_KERNEL)?;
             }
         }
         Ok(value)
@@ -405,7 +407,7 @@ pub(crate) fn new_accepted<'a>(listener: &Sock<'_>, newsock: &mut Socket<'a>, ke
         (*newsk).__sk_common.skc_state = bindings::TCP_ESTABLISHED as u8;
         // What an accepted TCP socket inherits from its listener and
         // sock_init_data does not set as inet_create does (SO_TXREHASH).
-        (*newsk).sk_txrehash = (*listener.sk).sk_txrehash;
+        crate::compat::copy_txrehash(listener.sk, newsk);
         if family == Family::Inet6 {
             // inet6_sk() finds the IPv6 part through pinet6.
             let tls6 = newsk.cast::<TlsSock6>();
@@ -447,7 +449,7 @@ unsafe extern "C" fn tls_close(sk: *mut bindings::sock, _timeout: kernel::ffi::c
     };
 }
 
-unsafe extern "C" fn tls_connect(sock: *mut bindings::socket, uaddr: *mut bindings::sockaddr, addr_len: c_int, flags: c_int) -> c_int {
+unsafe extern "C" fn tls_connect(sock: *mut bindings::socket, uaddr: *mut crate::compat::SockaddrArg, addr_len: c_int, flags: c_int) -> c_int {
     // SAFETY: move_addr_to_kernel copied addr_len bytes (at most a
     // sockaddr_storage, 128) to this kernel buffer.
     let address = unsafe { core::slice::from_raw_parts(uaddr.cast::<u8>(), (addr_len.max(0) as usize).min(128)) };
@@ -456,7 +458,7 @@ unsafe extern "C" fn tls_connect(sock: *mut bindings::socket, uaddr: *mut bindin
     kernel::error::from_result(|| result.map(|()| 0))
 }
 
-unsafe extern "C" fn tls_bind(sock: *mut bindings::socket, uaddr: *mut bindings::sockaddr, addr_len: c_int) -> c_int {
+unsafe extern "C" fn tls_bind(sock: *mut bindings::socket, uaddr: *mut crate::compat::SockaddrArg, addr_len: c_int) -> c_int {
     // SAFETY: as in tls_connect.
     let address = unsafe { core::slice::from_raw_parts(uaddr.cast::<u8>(), (addr_len.max(0) as usize).min(128)) };
     // SAFETY: the module's contract.

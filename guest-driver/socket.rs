@@ -15,7 +15,6 @@ use crate::net::{code, Family, MsgIter, OptValue, Sock, Socket, State, AF_INET, 
 use crate::sync::{self, Deadline};
 use crate::wire;
 use kernel::prelude::*;
-use kernel::uaccess::UserSlice;
 
 /// SSA's `struct sockaddr_host`: family, port (network order), name[120].
 const SOCKADDR_HOST_LEN: usize = 2 + 2 + 120;
@@ -46,7 +45,7 @@ const EPOLLWRNORM: u32 = 0x100;
 /// The bound device, or ECONNRESET: a socket whose device went (unbound,
 /// unplugged) has failed.
 fn bound(guard: &mut DeviceGuard) -> Result<&mut device::Device> {
-    Ok(guard.as_mut().ok_or(code::ECONNRESET)?)
+    Ok(guard.device().ok_or(code::ECONNRESET)?)
 }
 
 /// Waits a little for the device (data, credit, an event), probing it now
@@ -66,7 +65,7 @@ pub(crate) fn create(sock: &mut Sock<'_>) -> Result {
     };
     let request = wire::CreateRequest { family, queue_pair: 0, buf_alloc: DRIVER_BUF_ALLOC };
     let mut guard = device::lock();
-    let device = guard.as_mut().ok_or(ENODEV)?;
+    let device = guard.device().ok_or(ENODEV)?;
     // Under one lock from request to entry, so no restart comes between.
     // A second attempt only after the device turned out restarted.
     for _ in 0..2 {
@@ -98,7 +97,7 @@ pub(crate) fn close(sock: &mut Sock<'_>) {
     }
     let (tx_bytes, current) = {
         let mut guard = device::lock();
-        match guard.as_mut() {
+        match guard.device() {
             Some(device) => (device.forget(key).unwrap_or(0), key.generation == device.generation()),
             None => return,
         }
@@ -139,7 +138,7 @@ fn refresh_connect(socket: &mut Socket<'_>) {
     }
     let key = socket.sk().key();
     let mut guard = device::lock();
-    if let Some(device) = guard.as_mut() {
+    if let Some(device) = guard.device() {
         device.collect();
         let status = device.entry(key).and_then(|entry| entry.flow.connect_status);
         refresh_state(socket, status);
@@ -189,7 +188,7 @@ pub(crate) fn connect(socket: &mut Socket<'_>, address: &[u8], flags: i32) -> Re
     let key = sk.key();
     {
         let mut guard = device::lock();
-        if let Some(entry) = guard.as_mut().and_then(|device| device.entry(key)) {
+        if let Some(entry) = guard.device().and_then(|device| device.entry(key)) {
             entry.flow.start_connect();
         }
     }
@@ -205,7 +204,7 @@ pub(crate) fn connect(socket: &mut Socket<'_>, address: &[u8], flags: i32) -> Re
     for waits in 1..=600_000u32 {
         let status = {
             let mut guard = device::lock();
-            match guard.as_mut() {
+            match guard.device() {
                 Some(device) => {
                     device.collect();
                     device.entry(key).and_then(|entry| entry.flow.connect_status)
@@ -241,7 +240,7 @@ pub(crate) fn poll(socket: &mut Socket<'_>) -> u32 {
     let sk = socket.sk();
     let key = sk.key();
     let mut guard = device::lock();
-    let Some(device) = guard.as_mut() else { return EPOLLERR | EPOLLHUP };
+    let Some(device) = guard.device() else { return EPOLLERR | EPOLLHUP };
     device.collect();
     let Some(entry) = device.entry(key) else { return EPOLLERR | EPOLLHUP };
     refresh_state(socket, entry.flow.connect_status);
@@ -315,7 +314,7 @@ pub(crate) fn send(socket: &mut Socket<'_>, data: &mut MsgIter<'_>, total: usize
                 Ok(entry) => entry,
                 Err(error) => return partial(sent, error),
             };
-            if let Some(errno) = entry.flow.error {
+            if let Some(errno) = entry.flow.failure() {
                 return partial(sent, code::from_device(errno));
             }
             match entry.flow.sendable(total - sent, TX_PAYLOAD) {
@@ -340,7 +339,7 @@ pub(crate) fn send(socket: &mut Socket<'_>, data: &mut MsgIter<'_>, total: usize
         let payload = &mut packet.bytes[wire::DataHeader::SIZE..wire::DataHeader::SIZE + room];
         let copied = data.copy_from(payload);
         let mut guard = device::lock();
-        let Some(device) = guard.as_mut() else { return partial(sent, code::ECONNRESET.into()) };
+        let Some(device) = guard.device() else { return partial(sent, code::ECONNRESET.into()) };
         if copied == 0 {
             device.return_tx_packet(packet);
             return partial(sent, EFAULT);
@@ -387,7 +386,7 @@ pub(crate) fn receive(socket: &mut Socket<'_>, data: &mut MsgIter<'_>, total: us
                 // Within the capacity reserved above: no allocation here.
                 bytes.extend_from_slice(&unread[..unread.len().min(want)], GFP_KERNEL)?;
                 break;
-            } else if let Some(errno) = entry.flow.error {
+            } else if let Some(errno) = entry.flow.failure() {
                 return Err(code::from_device(errno));
             } else if entry.flow.eof {
                 return Ok(0);
@@ -409,7 +408,7 @@ pub(crate) fn receive(socket: &mut Socket<'_>, data: &mut MsgIter<'_>, total: us
     }
     if !peek {
         let mut guard = device::lock();
-        if let Some(device) = guard.as_mut() {
+        if let Some(device) = guard.device() {
             if let Ok(entry) = device.open_entry(key) {
                 // Tell the device about freed room once a quarter moved.
                 if entry.consume(copied) {
@@ -486,7 +485,7 @@ pub(crate) fn listen(socket: &mut Socket<'_>, backlog: i32) -> Result {
     device::status(&device::request(wire::VIRTIO_TLS_OP_LISTEN, key, &request.encode())?)?;
     sk.set_listening();
     let mut guard = device::lock();
-    if let Some(entry) = guard.as_mut().and_then(|device| device.entry(key)) {
+    if let Some(entry) = guard.device().and_then(|device| device.entry(key)) {
         // Clients may have connected already.
         entry.flow.accept_ready = true;
     }
@@ -499,7 +498,7 @@ pub(crate) fn listen(socket: &mut Socket<'_>, backlog: i32) -> Result {
 fn accept_once(listener: SocketKey) -> Result<(SocketKey, wire::SockAddr)> {
     {
         let mut guard = device::lock();
-        if let Some(entry) = guard.as_mut().and_then(|device| device.entry(listener)) {
+        if let Some(entry) = guard.device().and_then(|device| device.entry(listener)) {
             entry.flow.take_accept_ready();
         }
     }
@@ -507,7 +506,7 @@ fn accept_once(listener: SocketKey) -> Result<(SocketKey, wire::SockAddr)> {
     let (response, value) = device::request_value(wire::VIRTIO_TLS_OP_ACCEPT, listener, &request.encode())?;
     device::status(&response)?;
     let mut guard = device::lock();
-    if let Some(entry) = guard.as_mut().and_then(|device| device.entry(listener)) {
+    if let Some(entry) = guard.device().and_then(|device| device.entry(listener)) {
         // More connections may wait: the next accept() asks.
         entry.flow.accept_ready = true;
     }
@@ -626,7 +625,7 @@ pub(crate) fn getname(socket: &Socket<'_>, out: &mut [u8; 128], peer: bool) -> R
 /// Whether the bound device takes socket options at other levels than
 /// IPPROTO_TLS (SETSOCKOPT, GETSOCKOPT: VIRTIO_TLS_F_SOCKOPT).
 fn device_takes_sockopts() -> bool {
-    device::lock().as_ref().is_some_and(|device| device.has_feature(wire::VIRTIO_TLS_F_SOCKOPT))
+    device::lock().device_ref().is_some_and(|device| device.has_feature(wire::VIRTIO_TLS_F_SOCKOPT))
 }
 
 /// setsockopt. IPPROTO_TLS options go to the device (SETOPT). At other
@@ -672,14 +671,14 @@ pub(crate) fn setsockopt(sock: &Sock<'_>, socket: &Socket<'_>, level: i32, optna
 /// negative, as TCP's getsockopt.
 fn option_room(optlen: usize) -> Result<usize> {
     let mut room = [0u8; 4];
-    UserSlice::new(optlen, 4).reader().read_slice(&mut room)?;
+    crate::net::user_slice(optlen, 4).reader().read_slice(&mut room)?;
     usize::try_from(i32::from_ne_bytes(room)).map_err(|_| EINVAL)
 }
 
 /// Writes a getsockopt value and its length back to the caller.
 fn give_option(optval: usize, optlen: usize, value: &[u8]) -> Result {
-    UserSlice::new(optval, value.len()).writer().write_slice(value)?;
-    UserSlice::new(optlen, 4).writer().write_slice(&(value.len() as i32).to_ne_bytes())
+    crate::net::user_slice(optval, value.len()).writer().write_slice(value)?;
+    crate::net::user_slice(optlen, 4).writer().write_slice(&(value.len() as i32).to_ne_bytes())
 }
 
 /// getsockopt at IPPROTO_TLS (GETOPT; string values get a NUL for C

@@ -1,88 +1,79 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The kernel primitives the driver's parts share, as safe types: a
-//! driver-wide lock around a static value, the wait queue everyone who
-//! waits for the device sleeps on, clocks and sleeps, and the watchdog
-//! thread. The Rust-for-Linux of 6.12 has no static mutex or poll-able
-//! wait queue of its own (7.3 has `PollCondVar`, 6.12 does not), so these
-//! call the C API through the module's bindings, on both kernels alike.
+//! The kernel primitives the driver's parts share, as safe types: the
+//! driver-wide lock (the kernel crate's `Mutex`, reached from a static),
+//! the wait queue everyone who waits for the device sleeps on, clocks and
+//! sleeps, and the watchdog thread. The Rust-for-Linux of 6.12 has no
+//! poll-able wait queue (7.3 has `PollCondVar`, 6.12 does not), so that
+//! one calls the C API through the module's bindings, on both kernels.
 
 use crate::bindings;
 use core::cell::UnsafeCell;
+use core::pin::Pin;
 use core::ffi::{c_int, c_void};
-use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::prelude::*;
+use kernel::sync::lock::{mutex::MutexBackend, Guard as LockGuard};
+use kernel::sync::{new_mutex, Mutex};
 
-/// A value behind a kernel mutex, for statics: `init` once at module
-/// load, then `lock` from process context.
-pub(crate) struct Locked<T> {
-    mutex: UnsafeCell<bindings::mutex>,
-    key: UnsafeCell<bindings::lock_class_key>,
-    value: UnsafeCell<T>,
+/// A static way to the kernel crate's `Mutex` around the driver's state,
+/// for the core's callbacks, which get no context of ours. The mutex is
+/// allocated at module load (`install`) and freed at unload, when nothing
+/// can call in any more: 6.12's kernel crate has no static mutex, and C's
+/// `__mutex_init` is a static inline function in 7.x.
+pub(crate) struct Global<T: 'static> {
+    mutex: AtomicPtr<Mutex<T>>,
 }
 
-// SAFETY: the value is reached only through `lock`, which holds the mutex;
-// T: Send because the holder may be any task.
-unsafe impl<T: Send> Sync for Locked<T> {}
+/// The value of a `Global`, while its mutex is held.
+pub(crate) type Guard<T> = LockGuard<'static, T, MutexBackend>;
 
-impl<T> Locked<T> {
-    pub(crate) const fn new(value: T) -> Locked<T> {
-        Locked {
-            // SAFETY: all-zero is the state __mutex_init expects to start
-            // from (static storage); nothing locks it before `init`.
-            mutex: UnsafeCell::new(unsafe { core::mem::zeroed() }),
-            // SAFETY: lockdep keys are plain static storage.
-            key: UnsafeCell::new(unsafe { core::mem::zeroed() }),
-            value: UnsafeCell::new(value),
-        }
+impl<T> Global<T> {
+    pub(crate) const fn new() -> Global<T> {
+        Global { mutex: AtomicPtr::new(ptr::null_mut()) }
     }
 
-    /// Initialises the mutex.
-    ///
-    /// # Safety
-    ///
-    /// Once, before any `lock`: at module load.
-    pub(crate) unsafe fn init(&'static self, name: &'static core::ffi::CStr) {
-        // SAFETY: static storage, not yet in use (the caller's contract).
-        unsafe { bindings::__mutex_init(self.mutex.get(), name.as_ptr().cast(), self.key.get()) };
+    /// Allocates the mutex around `value`; it lives until the returned
+    /// `Installed` is dropped.
+    pub(crate) fn install(&'static self, value: T) -> Result<Installed<T>> {
+        let mutex = KBox::pin_init(new_mutex!(value, "virtio_tls"), GFP_KERNEL)?;
+        // SAFETY: the mutex is never moved out of its allocation: the raw
+        // pointer is only dereferenced in place, and `Installed::drop`
+        // rebuilds the pinned box to free it.
+        let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(mutex) });
+        self.mutex.store(raw, Ordering::Release);
+        Ok(Installed { global: self })
     }
 
     /// Waits for the mutex (process context; may sleep).
     pub(crate) fn lock(&'static self) -> Guard<T> {
-        // SAFETY: initialised at module load (`init`'s contract), before
-        // anything that could call this.
-        unsafe { bindings::mutex_lock(self.mutex.get()) };
-        Guard { locked: self }
+        let mutex = self.mutex.load(Ordering::Acquire);
+        // SAFETY: installed at module load before the driver registers
+        // with any core, and freed at unload after it unregistered from
+        // all of them and stopped its thread: every caller runs in between.
+        unsafe { &*mutex }.lock()
     }
 }
 
-/// The value of a `Locked`, while its mutex is held.
-pub(crate) struct Guard<T: 'static> {
-    locked: &'static Locked<T>,
+/// Owns a `Global`'s mutex; dropping it frees the mutex.
+pub(crate) struct Installed<T: 'static> {
+    global: &'static Global<T>,
 }
 
-impl<T> Deref for Guard<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the mutex is held for the guard's lifetime.
-        unsafe { &*self.locked.value.get() }
-    }
-}
-
-impl<T> DerefMut for Guard<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as in deref; &mut self makes this the only reference.
-        unsafe { &mut *self.locked.value.get() }
-    }
-}
-
-impl<T> Drop for Guard<T> {
+impl<T> Drop for Installed<T> {
     fn drop(&mut self) {
-        // SAFETY: locked in `Locked::lock` by this task.
-        unsafe { bindings::mutex_unlock(self.locked.mutex.get()) };
+        let raw = self.global.mutex.swap(ptr::null_mut(), Ordering::AcqRel);
+        if !raw.is_null() {
+            // SAFETY: from KBox::into_raw in `install`, freed only here.
+            drop(unsafe { Pin::new_unchecked(KBox::from_raw(raw)) });
+        }
     }
 }
+
+/// Everyone who waits for the device sleeps or polls here: the queues'
+/// interrupts wake it (virtio.rs).
+pub(crate) static WAITERS: WaitQueue = WaitQueue::new();
 
 /// A wait queue in static storage: callers sleep on it until the device
 /// returns a buffer (its queues' interrupts wake it) or a timeout, and

@@ -158,9 +158,8 @@ impl VirtioDevice {
 
     /// Whether feature `bit` was negotiated (virtio_has_feature()).
     pub(crate) fn has_feature(&self, bit: u32) -> bool {
-        // SAFETY: the core set the features before probe; they change only
-        // in `renegotiate`, under the same owner.
-        unsafe { (*self.vdev.as_ptr()).features & (1u64 << bit) != 0 }
+        // SAFETY: a bound device, whose features the core set before probe.
+        crate::compat::device_features(unsafe { &*self.vdev.as_ptr() }) & (1u64 << bit) != 0
     }
 
     /// Sets up the four queues; the event, receive and transmit queues

@@ -14,7 +14,8 @@
 //! - `socket.rs`: the socket operations, safe code only;
 //! - `flow.rs`: credit and event rules, shared with the test harness;
 //! - `sync.rs`: the driver lock, wait queue, clocks and watchdog thread;
-//! - `bindings.rs`: the module's own bindings (no kernel patch).
+//! - `bindings.rs`: the module's own bindings (no kernel patch);
+//! - `compat.rs`: what differs between the kernel versions it builds for.
 //!
 //! Requests and data follow `spec/virtio-tls.md`; the wire layout is
 //! `spec/src/wire.rs`, the same file the host backend compiles.
@@ -22,6 +23,8 @@
 use kernel::prelude::*;
 
 mod bindings;
+#[macro_use]
+mod compat;
 mod device;
 #[allow(unreachable_pub)]
 mod flow;
@@ -34,8 +37,7 @@ mod virtio;
 #[path = "../spec/src/wire.rs"]
 mod wire;
 
-#[cfg(not(virtio_tls_kernel_7))]
-module! {
+compat::driver_module! {
     type: VirtioTls,
     name: "virtio_tls",
     author: "vhost-tls",
@@ -74,12 +76,16 @@ const FEATURES: [core::ffi::c_uint; 4] =
 struct VirtioTls {
     /// Probes a silent device while sockets are open (device::watch).
     watchdog: Option<sync::Ticker>,
+    /// The driver lock, freed last.
+    device_lock: Option<sync::Installed<Option<device::Device>>>,
 }
 
 impl kernel::Module for VirtioTls {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        // SAFETY: module load, before anything else of the driver runs.
-        unsafe { device::init() };
+        // SAFETY: module load, before anything that waits or wakes (the
+        // driver is registered with no core yet).
+        unsafe { sync::WAITERS.init(c"virtio_tls_waiters") };
+        let device_lock = device::init()?;
         virtio::register(module)?;
         if let Err(error) = net::register(module) {
             virtio::unregister();
@@ -94,7 +100,7 @@ impl kernel::Module for VirtioTls {
             }
         };
         pr_info!("loaded (virtio id {}, IPPROTO_TLS {})\n", DEVICE_ID, wire::IPPROTO_TLS);
-        Ok(VirtioTls { watchdog: Some(watchdog) })
+        Ok(VirtioTls { watchdog: Some(watchdog), device_lock: Some(device_lock) })
     }
 }
 
@@ -104,5 +110,6 @@ impl Drop for VirtioTls {
         drop(self.watchdog.take());
         net::unregister();
         virtio::unregister();
+        drop(self.device_lock.take());
     }
 }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use virtio_tls_spec as wire;
 
@@ -258,7 +259,7 @@ fn parse_alpn(value: &[u8]) -> Result<Vec<Vec<u8>>, Errno> {
 
 /// A PEM certificate chain, leaf first; EINVAL when there is none.
 fn parse_chain(value: &[u8]) -> Result<Vec<CertificateDer<'static>>, Errno> {
-    let chain = rustls_pemfile::certs(&mut &value[..]).collect::<Result<Vec<_>, _>>().map_err(|_| Errno::EINVAL)?;
+    let chain = CertificateDer::pem_slice_iter(value).collect::<Result<Vec<_>, _>>().map_err(|_| Errno::EINVAL)?;
     if chain.is_empty() {
         return Err(Errno::EINVAL);
     }
@@ -267,7 +268,7 @@ fn parse_chain(value: &[u8]) -> Result<Vec<CertificateDer<'static>>, Errno> {
 
 /// A PEM private key (PKCS#8, PKCS#1 or SEC1); EINVAL when unreadable.
 fn parse_key(value: &[u8]) -> Result<PrivateKeyDer<'static>, Errno> {
-    let key = rustls_pemfile::private_key(&mut &value[..]).map_err(|_| Errno::EINVAL)?.ok_or(Errno::EINVAL)?;
+    let key = PrivateKeyDer::from_pem_slice(value).map_err(|_| Errno::EINVAL)?;
     // Usable by the provider, or it is as good as unreadable.
     rustls::crypto::ring::default_provider().key_provider.load_private_key(key.clone_key()).map_err(|_| Errno::EINVAL)?;
     Ok(key)

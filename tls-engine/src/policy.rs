@@ -17,6 +17,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use rustls::crypto::CryptoProvider;
 use rustls::{RootCertStore, SupportedCipherSuite};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
@@ -741,7 +743,7 @@ fn add_ca_file(roots: &mut RootCertStore, file: &Spanned<String>, source: &Sourc
     let path = source.resolve(file);
     let pem = std::fs::read(&path).map_err(|e| source.error_at(file, format!("cannot read CA file {}: {e}", path.display())))?;
     let mut found = 0;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| source.error_at(file, format!("bad PEM in CA file {}: {e}", path.display())))?;
         roots.add(cert).map_err(|e| source.error_at(file, format!("bad certificate in CA file {}: {e}", path.display())))?;
         found += 1;

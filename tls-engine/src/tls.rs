@@ -500,6 +500,9 @@ pub struct ConnectionInfo {
     pub alpn: Vec<u8>,
     /// Whether the handshake resumed an earlier session.
     pub resumed: bool,
+    /// SHA-256 of the peer's leaf certificate (DER), lowercase hex; `None`
+    /// when the peer presented none (a client not asked for one).
+    pub peer_certificate_sha256: Option<String>,
 }
 
 impl ConnectionInfo {
@@ -520,7 +523,11 @@ impl ConnectionInfo {
         });
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec).unwrap_or_default();
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        ConnectionInfo { version, cipher, peer_identity, peer_chain_pem, alpn, resumed }
+        let peer_certificate_sha256 = chain.first().map(|leaf| {
+            use sha2::Digest;
+            sha2::Sha256::digest(leaf.as_ref()).iter().map(|byte| format!("{byte:02x}")).collect()
+        });
+        ConnectionInfo { version, cipher, peer_identity, peer_chain_pem, alpn, resumed, peer_certificate_sha256 }
     }
 
     /// The value of a read-only option, `None` when it is not one of these

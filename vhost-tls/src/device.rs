@@ -282,14 +282,14 @@ impl Device {
         self.server_context = server_context;
         self.context = Arc::new(ClientContext::with_budget(policy, self.budget.clone()));
         self.policy_generation += 1;
-        self.telemetry.metrics.reloads_ok += 1;
+        self.telemetry.metrics.record_reload(true);
         tracing::info!(generation = self.policy_generation, "policy reloaded");
         Ok(self.policy_generation)
     }
 
     /// A reload refused before it reached the device (a bad policy file).
     pub fn count_failed_reload(&mut self) {
-        self.telemetry.metrics.reloads_failed += 1;
+        self.telemetry.metrics.record_reload(false);
     }
 
     pub fn policy_generation(&self) -> u64 {
@@ -299,6 +299,16 @@ impl Device {
     /// Writes one JSON line per ended session to `log` from now on.
     pub fn set_audit_log(&mut self, log: Box<dyn std::io::Write + Send>) {
         self.telemetry.set_audit_log(log);
+    }
+
+    /// Names the VM in every audit record and metric.
+    pub fn set_vm_name(&mut self, name: String) {
+        self.telemetry.set_vm_name(name);
+    }
+
+    /// The prefix of this backend process's audit session ids.
+    pub fn instance(&self) -> String {
+        self.telemetry.instance().to_owned()
     }
 
     /// Counters and live numbers, for the metrics endpoint.
@@ -315,6 +325,8 @@ impl Device {
             bytes_from_peer: metrics.ended_bytes_from_peer + open_from_peer,
             policy_generation: self.policy_generation,
             events_pending: self.events.len(),
+            vm: self.telemetry.vm_name().map(str::to_owned),
+            instance: self.telemetry.instance().to_owned(),
             metrics,
         }
     }

@@ -67,6 +67,9 @@ pub struct SandboxPlan {
     /// Directories in which the backend may remove files: those of its
     /// vhost-user and control sockets, which it removes at exit.
     pub socket_dirs: Vec<PathBuf>,
+    /// Directories in which the backend may open (and create) files for
+    /// writing: the audit log's, so that SIGHUP can reopen a rotated log.
+    pub log_dirs: Vec<PathBuf>,
     /// Keep CAP_NET_BIND_SERVICE (when the process has it): the policy maps
     /// a guest port to a privileged host port, bound when the guest listens.
     pub keep_net_bind_service: bool,
@@ -368,6 +371,7 @@ fn landlock_ruleset(plan: &SandboxPlan) -> Result<RulesetCreated, SandboxError> 
         }
     }
     grants.extend(plan.socket_dirs.iter().map(|dir| (dir.clone(), BitFlags::from(AccessFs::RemoveFile))));
+    grants.extend(plan.log_dirs.iter().map(|dir| (dir.clone(), AccessFs::WriteFile | AccessFs::MakeReg)));
     // A path that does not exist here (no /etc/gai.conf, no /lib64) grants
     // nothing; a file gets only the rights that apply to files (Landlock
     // refuses directory rights on one).

@@ -152,6 +152,15 @@ impl Server {
         self.backend.with_device(|device| device.set_audit_log(log));
     }
 
+    /// Names the VM in every audit record and metric; returns the prefix
+    /// of this process's session ids.
+    pub fn set_vm_name(&self, name: String) -> String {
+        self.backend.with_device(|device| {
+            device.set_vm_name(name);
+            device.instance()
+        })
+    }
+
     /// Whether a front end is connected (or was, and the session ended).
     pub fn connected(&self) -> bool {
         self.connection.lock().unwrap_or_else(|p| p.into_inner()).is_some()

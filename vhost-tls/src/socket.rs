@@ -80,6 +80,8 @@ pub struct Socket {
     pub error: Option<String>,
     /// When the connect/handshake in progress, or a closing linger, ends.
     pub deadline: Option<Instant>,
+    /// When the TLS handshake in progress began (the TCP connection was up).
+    pub handshake_started: Option<Instant>,
     /// The client configuration (and so the policy) of the policy
     /// generation the socket connected or was accepted under: a reload
     /// changes what new sessions get, never an open one.
@@ -148,6 +150,7 @@ impl Socket {
             info: ConnectionInfo::default(),
             error: None,
             deadline: None,
+            handshake_started: None,
             client_context: None,
             session: None,
             bytes_to_peer: 0,
@@ -189,6 +192,7 @@ impl Socket {
         socket.stream = Some(stream);
         socket.tls = Some(Connection::Server(tls));
         socket.phase = Phase::Handshaking;
+        socket.handshake_started = Some(Instant::now());
         socket.unclaimed_by = Some(listener_id);
         socket.peer_addr = Some(peer);
         socket.server_name = format!("client {peer}");
@@ -324,6 +328,7 @@ impl Socket {
                 (Ok(None), Ok(_)) => {
                     self.tls = Some(Connection::Client(context.connect(&self.options, &self.server_name)?));
                     self.phase = Phase::Handshaking;
+                    self.handshake_started = Some(Instant::now());
                 }
             }
         }

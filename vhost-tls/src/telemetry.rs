@@ -51,6 +51,9 @@ impl Direction {
 /// A session in progress, kept in its socket.
 #[derive(Clone, Debug)]
 pub struct Session {
+    /// `INSTANCE-N`: the backend process's random instance id and the
+    /// session's number in it, so that ids never repeat across restarts.
+    pub id: String,
     pub direction: Direction,
     pub started: SystemTime,
     /// The name the client verifies (client sessions) or asked for by SNI
@@ -98,9 +101,41 @@ pub fn failure_class(errno: Errno, reason: &str) -> &'static str {
     }
 }
 
+/// Upper bounds (seconds) of the handshake duration histogram's buckets:
+/// a resumed handshake on a LAN takes about a millisecond, a full one
+/// across the world a few hundred.
+pub const HANDSHAKE_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// A Prometheus histogram of durations.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`HANDSHAKE_BUCKETS`] (not
+    /// cumulative here; the exposition adds them up).
+    pub buckets: [u64; HANDSHAKE_BUCKETS.len()],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        if let Some(bucket) = HANDSHAKE_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket] += 1;
+        }
+        self.count += 1;
+        self.sum_seconds += seconds;
+    }
+}
+
 /// Counters since the backend started.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
+    /// From the start of the TLS handshake (the TCP connection is up) to
+    /// its completion.
+    pub handshake_seconds: BTreeMap<Direction, Histogram>,
+    /// When the policy was last loaded (at start, or a reload applied or
+    /// refused) and whether that worked.
+    pub last_reload: Option<(SystemTime, bool)>,
     pub handshakes: BTreeMap<Direction, u64>,
     pub handshake_failures: BTreeMap<(Direction, &'static str), u64>,
     /// Sessions that failed after their handshake (peer reset, bad record).
@@ -117,6 +152,18 @@ pub struct Metrics {
     pub sockopt_refused: u64,
 }
 
+impl Metrics {
+    /// A policy reload was applied (`ok`) or refused.
+    pub fn record_reload(&mut self, ok: bool) {
+        if ok {
+            self.reloads_ok += 1;
+        } else {
+            self.reloads_failed += 1;
+        }
+        self.last_reload = Some((SystemTime::now(), ok));
+    }
+}
+
 /// The live numbers that go with [`Metrics`] in one scrape.
 pub struct Snapshot {
     pub metrics: Metrics,
@@ -126,6 +173,10 @@ pub struct Snapshot {
     pub policy_generation: u64,
     /// Events waiting for the driver's event buffers.
     pub events_pending: usize,
+    /// `vm="NAME"` on every sample (serve --vm-name).
+    pub vm: Option<String>,
+    /// The backend process's instance id (the prefix of its session ids).
+    pub instance: String,
 }
 
 impl Snapshot {
@@ -228,16 +279,63 @@ impl Snapshot {
             "The policy in force: 1 at start, one more per applied reload.",
             vec![(String::new(), self.policy_generation)],
         );
-        out
+        family(
+            "vhost_tls_policy_last_reload_successful",
+            "gauge",
+            "Whether the last policy load (at start, or the last reload) was applied (1) or refused (0).",
+            vec![(String::new(), m.last_reload.map_or(1, |(_, ok)| u64::from(ok)))],
+        );
+        let build_labels = format!(
+            "{{version=\"{}\",instance=\"{}\"}}",
+            env!("CARGO_PKG_VERSION"),
+            self.instance
+        );
+        family(
+            "vhost_tls_build_info",
+            "gauge",
+            "The backend's version and this process's instance id (the prefix of its audit session ids); always 1.",
+            vec![(build_labels, 1)],
+        );
+        let last_reload = m.last_reload.map_or(0.0, |(at, _)| at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64());
+        out.push_str(&format!(
+            "# HELP vhost_tls_policy_last_reload_timestamp_seconds When the policy was last loaded (at start, or the last reload, applied or refused), Unix time.\n\
+             # TYPE vhost_tls_policy_last_reload_timestamp_seconds gauge\n\
+             vhost_tls_policy_last_reload_timestamp_seconds {last_reload:.3}\n"
+        ));
+        out.push_str(
+            "# HELP vhost_tls_handshake_duration_seconds TLS handshakes completed, by how long they took from the TCP connection to the end of the handshake.\n\
+             # TYPE vhost_tls_handshake_duration_seconds histogram\n",
+        );
+        for direction in directions {
+            let histogram = m.handshake_seconds.get(&direction).cloned().unwrap_or_default();
+            let d = direction.as_str();
+            let mut cumulative = 0;
+            for (bound, n) in HANDSHAKE_BUCKETS.iter().zip(histogram.buckets) {
+                cumulative += n;
+                out.push_str(&format!("vhost_tls_handshake_duration_seconds_bucket{{direction=\"{d}\",le=\"{bound}\"}} {cumulative}\n"));
+            }
+            out.push_str(&format!(
+                "vhost_tls_handshake_duration_seconds_bucket{{direction=\"{d}\",le=\"+Inf\"}} {}\n\
+                 vhost_tls_handshake_duration_seconds_sum{{direction=\"{d}\"}} {:.6}\n\
+                 vhost_tls_handshake_duration_seconds_count{{direction=\"{d}\"}} {}\n",
+                histogram.count, histogram.sum_seconds, histogram.count
+            ));
+        }
+        match &self.vm {
+            Some(vm) => with_label(&out, "vm", vm),
+            None => out,
+        }
     }
 }
 
-/// Prometheus text with `name="value"` added to every sample.
+/// Prometheus text with `name="value"` added to every sample that has no
+/// label `name` yet.
 pub fn with_label(text: &str, name: &str, value: &str) -> String {
     let value = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
     let mut out = String::with_capacity(text.len());
+    let present = |labels: &str| labels.starts_with(&format!("{name}=")) || labels.contains(&format!(",{name}="));
     for line in text.lines() {
-        if line.starts_with('#') || line.is_empty() {
+        if line.starts_with('#') || line.is_empty() || line.split_once('{').is_some_and(|(_, rest)| present(rest)) {
             out.push_str(line);
         } else if let Some((series, rest)) = line.split_once('{') {
             out.push_str(&format!("{series}{{{name}=\"{value}\",{rest}"));
@@ -256,12 +354,23 @@ pub fn with_label(text: &str, name: &str, value: &str) -> String {
 struct AuditRecord<'a> {
     start: String,
     end: String,
+    /// The VM (serve --vm-name).
+    vm: Option<&'a str>,
+    /// Unique across backend restarts: see [`Session::id`].
+    session: &'a str,
     socket: u32,
     direction: Direction,
     peer: Option<String>,
     server_name: Option<&'a str>,
     tls_version: Option<String>,
     cipher: Option<&'a str>,
+    /// The ALPN protocol agreed on; `None` when none was (or no handshake).
+    alpn: Option<String>,
+    /// Whether the handshake resumed an earlier session; `None` without one.
+    resumed: Option<bool>,
+    /// SHA-256 of the peer's certificate (DER), hex: the server's for a
+    /// client session, the client's (if it sent one) for a server session.
+    peer_certificate_sha256: Option<&'a str>,
     /// "ok", "error" or "abandoned".
     outcome: &'static str,
     errno: Option<u32>,
@@ -277,6 +386,7 @@ struct AuditRecord<'a> {
 struct RefusalRecord<'a> {
     start: String,
     end: String,
+    vm: Option<&'a str>,
     /// "connect" or "bind".
     request: &'static str,
     direction: Direction,
@@ -332,18 +442,61 @@ impl DenialWindow {
 }
 
 /// The session bookkeeping of one device.
-#[derive(Default)]
 pub struct Telemetry {
     pub metrics: Metrics,
     audit: Option<Box<dyn Write + Send>>,
     /// Bursts of refusals not yet written, by request and errno.
     refusals: BTreeMap<(&'static str, u32), RefusalBurst>,
     denials: DenialWindow,
+    /// The VM's name, in every audit record and metric.
+    vm: Option<String>,
+    /// Random, once per backend process: the prefix of its session ids.
+    instance: String,
+    /// Sessions begun so far.
+    sessions: u64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Telemetry {
+        let mut random = [0u8; 8];
+        // A restarted backend must not repeat the ids of the one before, so
+        // neither a counter alone nor the pid (reused) will do.
+        if rustls::crypto::ring::default_provider().secure_random.fill(&mut random).is_err() {
+            let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+            random = (nanos as u64 ^ u64::from(std::process::id()).rotate_left(48)).to_be_bytes();
+        }
+        Telemetry {
+            metrics: Metrics { last_reload: Some((SystemTime::now(), true)), ..Metrics::default() },
+            audit: None,
+            refusals: BTreeMap::new(),
+            denials: DenialWindow::default(),
+            vm: None,
+            instance: random.iter().map(|byte| format!("{byte:02x}")).collect(),
+            sessions: 0,
+        }
+    }
 }
 
 impl Telemetry {
     pub fn set_audit_log(&mut self, log: Box<dyn Write + Send>) {
+        // The records still held (bursts of refusals) go to the file they
+        // began in, which logrotate has renamed: written now, not lost.
+        self.flush_refusals(true);
         self.audit = Some(log);
+    }
+
+    /// Puts `vm="NAME"` in every audit record and metric.
+    pub fn set_vm_name(&mut self, name: String) {
+        self.vm = Some(name);
+    }
+
+    pub fn vm_name(&self) -> Option<&str> {
+        self.vm.as_deref()
+    }
+
+    /// The prefix of this process's session ids.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// A `request` ("connect" or "bind") was refused with `errno` before
@@ -400,6 +553,7 @@ impl Telemetry {
         let record = RefusalRecord {
             start: timestamp(burst.started),
             end: timestamp(burst.ended),
+            vm: self.vm.as_deref(),
             request,
             direction: if request == "bind" { Direction::Server } else { Direction::Client },
             outcome: "refused",
@@ -417,8 +571,10 @@ impl Telemetry {
     }
 
     /// A session starts on `socket`.
-    pub fn begin(&self, socket: &mut Socket, direction: Direction, server_name: Option<String>, policy_generation: u64) {
+    pub fn begin(&mut self, socket: &mut Socket, direction: Direction, server_name: Option<String>, policy_generation: u64) {
+        self.sessions += 1;
         socket.session = Some(Session {
+            id: format!("{}-{}", self.instance, self.sessions),
             direction,
             started: SystemTime::now(),
             server_name,
@@ -441,6 +597,9 @@ impl Telemetry {
             session.server_name = requested_name;
         }
         *self.metrics.handshakes.entry(session.direction).or_default() += 1;
+        if let Some(started) = socket.handshake_started {
+            self.metrics.handshake_seconds.entry(session.direction).or_default().observe(started.elapsed());
+        }
     }
 
     /// The session on `socket`, if one is open, ended: count it and write
@@ -474,21 +633,29 @@ impl Telemetry {
                 return;
             }
         }
+        let vm = self.vm.as_deref();
         let Some(audit) = self.audit.as_mut() else { return };
         let (errno, reason) = match &outcome {
             Outcome::Ok => (None, None),
             Outcome::Abandoned => (None, Some("the guest closed the socket before the handshake completed")),
             Outcome::Failed { errno, reason } => (Some(*errno), Some(reason.as_str())),
         };
+        // What the handshake agreed on, when there was one.
+        let handshaken = socket.info.version.is_some();
         let record = AuditRecord {
             start: timestamp(session.started),
             end: timestamp(SystemTime::now()),
+            vm,
+            session: &session.id,
             socket: socket.id,
             direction: session.direction,
             peer: socket.peer().map(|addr: SocketAddr| addr.to_string()),
             server_name: session.server_name.as_deref(),
             tls_version: socket.info.version.map(|v: TlsVersion| v.to_string()),
             cipher: socket.info.cipher.as_deref(),
+            alpn: (!socket.info.alpn.is_empty()).then(|| String::from_utf8_lossy(&socket.info.alpn).into_owned()),
+            resumed: handshaken.then_some(socket.info.resumed),
+            peer_certificate_sha256: socket.info.peer_certificate_sha256.as_deref(),
             outcome: match outcome {
                 Outcome::Ok => "ok",
                 Outcome::Abandoned => "abandoned",

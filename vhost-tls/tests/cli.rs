@@ -151,3 +151,54 @@ fn serve_creates_the_audit_log_0640_whatever_the_umask() {
     let _ = child.wait();
     assert_eq!(mode, 0o640, "audit log mode {mode:o}");
 }
+
+#[test]
+fn qemu_args_prints_the_device_for_a_queue_count_in_both_forms() {
+    let run = |args: &[&str]| {
+        let out = vhost_tls().arg("qemu-args").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The named device, as operators write it.
+    let (code, stdout, stderr) = run(&["--socket", "/run/vhost-tls/vm1.sock"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "-chardev socket,id=vhost-tls0,path=/run/vhost-tls/vm1.sock,reconnect-ms=1000 -device vhost-user-tls-pci,chardev=vhost-tls0\n"
+    );
+    let (_, stdout, _) = run(&["--socket", "/run/vhost-tls/vm1.sock", "--queue-pairs", "4", "--reconnect-ms", "0"]);
+    assert!(stdout.ends_with("path=/run/vhost-tls/vm1.sock -device vhost-user-tls-pci,chardev=vhost-tls0,queue-pairs=4\n"), "{stdout}");
+
+    // The generic device: num_vqs and config_size computed, not by hand.
+    let config_size = std::mem::size_of::<virtio_tls_spec::VirtioTlsConfig>();
+    let (code, stdout, stderr) =
+        run(&["--socket", "/tmp/a dir,x/vm.sock", "--queue-pairs", "3", "--device", "generic", "--memory", "2G", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let arguments: Vec<String> = serde_json::from_str(&stdout).expect("a JSON array of strings");
+    assert_eq!(
+        arguments,
+        [
+            "-object",
+            "memory-backend-memfd,id=vhost-tls-mem,size=2G,share=on",
+            "-numa",
+            "node,memdev=vhost-tls-mem",
+            "-chardev",
+            "socket,id=vhost-tls0,path=/tmp/a dir,,x/vm.sock,reconnect-ms=1000",
+            "-device",
+            &format!("vhost-user-device-pci,chardev=vhost-tls0,virtio-id=63,num_vqs=8,config_size={config_size}"),
+        ]
+    );
+    // Shell form quotes what needs quoting.
+    let (_, stdout, _) = run(&["--socket", "/tmp/a dir/vm.sock"]);
+    assert!(stdout.starts_with("-chardev 'socket,id=vhost-tls0,path=/tmp/a dir/vm.sock,reconnect-ms=1000' "), "{stdout}");
+
+    // QEMU's limit (1024 virtqueues) and a policy that does not load.
+    let (code, _, stderr) = run(&["--socket", "s", "--queue-pairs", "512"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("512 is not in 1..=511"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("vm1.toml");
+    std::fs::write(&bad, "[limits]\nmax_sockets = 0\n").unwrap();
+    let (code, stdout, stderr) = run(&["--socket", "s", "--policy", bad.to_str().unwrap()]);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    assert!(stderr.contains("vm1.toml:2: max_sockets = 0"), "{stderr}");
+}

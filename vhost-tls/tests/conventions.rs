@@ -1,7 +1,8 @@
 //! QEMU's vhost-user backend conventions and systemd's, against the real
-//! binary: `serve --fd` on a socket the caller made, `--print-capabilities`,
-//! `--fd` and `--socket-path` refused together, and READY=1 on
-//! $NOTIFY_SOCKET once the vhost-user socket takes connections.
+//! binary: `serve --fd` on a socket the caller made, the bare program's
+//! `--socket-path` and `--fd`, systemd's socket activation (LISTEN_FDS),
+//! `--print-capabilities`, `--fd` and `--socket-path` refused together, and
+//! READY=1 on $NOTIFY_SOCKET once the vhost-user socket takes connections.
 
 mod common;
 
@@ -60,19 +61,14 @@ fn tls_echo_through(socket: &Path, ca: &TestCa) {
     device.close(id).unwrap();
 }
 
-#[test]
-fn serve_on_a_listening_socket_handed_over_as_fd_3_serves_a_guest() {
-    let dir = common::backend_dir();
-    let ca = TestCa::new("vhost-tls --fd CA");
-    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
-    std::fs::write(dir.path().join("vm1.toml"), LOOPBACK_POLICY).unwrap();
-    // Made here, as a systemd .socket unit would: the backend never sees
-    // the path.
-    let socket = dir.path().join("vhost.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
+/// `vhost-tls ARGS... --policy DIR/vm1.toml` with a listening socket at
+/// DIR/vhost.sock, made here as a systemd .socket unit would, handed over
+/// as descriptor 3 (the backend never sees the path).
+fn spawn_with_fd_3(dir: &Path, args: &[&str]) -> Running {
+    let listener = UnixListener::bind(dir.join("vhost.sock")).unwrap();
     let handed_over = listener.as_raw_fd();
     let mut command = vhost_tls();
-    command.args(["serve", "--fd", "3", "--policy"]).arg(dir.path().join("vm1.toml"));
+    command.args(args).arg("--policy").arg(dir.join("vm1.toml"));
     // SAFETY: between fork and exec only dup2 and fcntl, which are
     // async-signal-safe, run; they make fd 3 of the child the listener,
     // inheritable (dup2 onto itself would keep close-on-exec).
@@ -85,14 +81,90 @@ fn serve_on_a_listening_socket_handed_over_as_fd_3_serves_a_guest() {
             Ok(())
         });
     }
-    let mut serve = Running(command.spawn().unwrap());
-    drop(listener);
+    Running(command.spawn().unwrap())
+}
 
+/// A directory with the policy vm1.toml and the CA its peers use.
+fn backend_dir_with_policy() -> (tempfile::TempDir, TestCa) {
+    let dir = common::backend_dir();
+    let ca = TestCa::new("vhost-tls conventions CA");
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.path().join("vm1.toml"), LOOPBACK_POLICY).unwrap();
+    (dir, ca)
+}
+
+#[test]
+fn serve_on_a_listening_socket_handed_over_as_fd_3_serves_a_guest() {
+    let (dir, ca) = backend_dir_with_policy();
+    let mut serve = spawn_with_fd_3(dir.path(), &["serve", "--fd", "3"]);
+    let socket = dir.path().join("vhost.sock");
     tls_echo_through(&socket, &ca);
-
     let status = wait_for_exit(&mut serve.0);
     assert!(status.success(), "{status}");
     assert!(socket.exists(), "a handed-over socket's file is its maker's: serve must leave it");
+}
+
+#[test]
+fn the_bare_program_takes_fd_and_socket_path_as_qemu_s_convention_asks() {
+    // `vhost-tls --fd 3 --policy ...`, no subcommand.
+    let (dir, ca) = backend_dir_with_policy();
+    let mut serve = spawn_with_fd_3(dir.path(), &["--fd", "3"]);
+    tls_echo_through(&dir.path().join("vhost.sock"), &ca);
+    assert!(wait_for_exit(&mut serve.0).success());
+
+    // `vhost-tls --socket-path PATH --policy ...`.
+    let (dir, ca) = backend_dir_with_policy();
+    let socket = dir.path().join("vhost.sock");
+    let mut serve = Running(vhost_tls().arg("--socket-path").arg(&socket).arg("--policy").arg(dir.path().join("vm1.toml")).spawn().unwrap());
+    tls_echo_through(&socket, &ca);
+    assert!(wait_for_exit(&mut serve.0).success());
+    assert!(!socket.exists(), "a socket the backend made is removed at exit");
+}
+
+#[test]
+fn socket_activation_by_systemd_s_own_tool_serves_a_guest_without_fd() {
+    // systemd-socket-activate does what a .socket unit does: it listens,
+    // then starts the program with the socket as descriptor 3, LISTEN_FDS=1
+    // and LISTEN_PID set to the program's pid. No --fd, no --socket-path.
+    let (dir, ca) = backend_dir_with_policy();
+    let socket = dir.path().join("vhost.sock");
+    let mut serve = Running(
+        Command::new("systemd-socket-activate")
+            .arg("--listen")
+            .arg(&socket)
+            .arg(env!("CARGO_BIN_EXE_vhost-tls"))
+            .arg("serve")
+            .arg("--policy")
+            .arg(dir.path().join("vm1.toml"))
+            .spawn()
+            .expect("systemd-socket-activate (Debian's systemd package; scripts/setup installs it)"),
+    );
+    tls_echo_through(&socket, &ca);
+    let status = wait_for_exit(&mut serve.0);
+    assert!(status.success(), "{status}");
+}
+
+/// `sh -c 'exec env VARS vhost-tls ARGS'`, so that `$$`, the shell's pid,
+/// is the backend's; returns the backend's exit code and stderr.
+fn run_with_listen_env(vars: &str, args: &str) -> (Option<i32>, String) {
+    let dir = backend_dir_with_policy().0;
+    let script = format!("exec env {vars} '{}' {args} --policy '{}'", env!("CARGO_BIN_EXE_vhost-tls"), dir.path().join("vm1.toml").display());
+    let out = Command::new("sh").arg("-c").arg(script).stdin(std::process::Stdio::null()).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn listen_fds_meant_for_another_process_or_more_than_one_socket_are_refused_with_a_sentence() {
+    let (code, stderr) = run_with_listen_env("LISTEN_FDS=1 LISTEN_PID=1", "serve");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("LISTEN_FDS=1 is meant for process 1 (LISTEN_PID), not this one"), "{stderr}");
+    let (code, stderr) = run_with_listen_env("LISTEN_FDS=2 LISTEN_PID=$$", "serve");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("systemd passed 2 sockets (LISTEN_FDS)"), "{stderr}");
+    // Descriptor 3 is checked as --fd's is: here it is not open.
+    let (code, stderr) = run_with_listen_env("LISTEN_FDS=1 LISTEN_PID=$$", "");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("the socket systemd passed (LISTEN_FDS, descriptor 3): not an open descriptor"), "{stderr}");
 }
 
 #[test]

@@ -248,6 +248,7 @@ fn confined_child(dir: &Path) -> ! {
         user: None,
         policy_dirs: vec![dir.to_owned()],
         socket_dirs: vec![],
+        log_dirs: vec![],
         keep_net_bind_service: false,
     };
     confine(&plan).expect("confine");
@@ -462,6 +463,7 @@ fn signalling_child(mode: &str) -> ! {
         user: None,
         policy_dirs: vec![],
         socket_dirs: vec![],
+        log_dirs: vec![],
         keep_net_bind_service: false,
     };
     let target: libc::pid_t = std::env::var(SIGNAL_TARGET).unwrap().parse().unwrap();

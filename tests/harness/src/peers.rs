@@ -59,13 +59,26 @@ impl RustlsServer {
     /// Listens on `bind` (port 0 picks one) with `identity`, offering only
     /// `versions`.
     pub fn start(bind: SocketAddr, identity: &Identity, versions: &[&'static SupportedProtocolVersion], behaviour: Behaviour) -> RustlsServer {
+        RustlsServer::start_with_alpn(bind, identity, versions, behaviour, &[])
+    }
+
+    /// As [`RustlsServer::start`], choosing among the client's ALPN
+    /// protocols by the order of `alpn` (none: no ALPN).
+    pub fn start_with_alpn(
+        bind: SocketAddr,
+        identity: &Identity,
+        versions: &[&'static SupportedProtocolVersion],
+        behaviour: Behaviour,
+        alpn: &[&[u8]],
+    ) -> RustlsServer {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .expect("versions")
             .with_no_client_auth()
             .with_single_cert(identity.chain.clone(), identity.key())
             .expect("server certificate");
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         let config = Arc::new(config);
         let listener = TcpListener::bind(bind).expect("bind test server");
         listener.set_nonblocking(true).expect("nonblocking listener");

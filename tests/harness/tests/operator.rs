@@ -223,7 +223,8 @@ fn sample(metrics: &str, series: &str) -> u64 {
 
 /// Every line of Prometheus text is a comment (`# HELP`/`# TYPE` naming
 /// a family) or `name{labels} value` with a numeric value; returns the
-/// samples.
+/// samples (values truncated to integers: sums and timestamps are
+/// checked elsewhere).
 fn parse_prometheus(text: &str) -> Vec<(String, u64)> {
     let mut declared = Vec::new();
     let mut samples = Vec::new();
@@ -233,19 +234,22 @@ fn parse_prometheus(text: &str) -> Vec<(String, u64)> {
             let (kind, name, rest) = (words.next().unwrap(), words.next().unwrap(), words.next().unwrap_or(""));
             assert!(kind == "HELP" || kind == "TYPE", "{line}");
             if kind == "TYPE" {
-                assert!(rest == "counter" || rest == "gauge", "{line}");
+                assert!(rest == "counter" || rest == "gauge" || rest == "histogram", "{line}");
                 declared.push(name.to_owned());
             }
             continue;
         }
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
         let name = series.split('{').next().unwrap();
-        assert!(declared.iter().any(|d| d == name), "{name} has no # TYPE before it");
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|suffix| name.strip_suffix(suffix)).filter(|f| declared.iter().any(|d| d == f));
+        assert!(declared.iter().any(|d| d == name) || family.is_some(), "{name} has no # TYPE before it");
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{name}");
         if let Some(labels) = series.strip_prefix(name) {
             assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
         }
-        samples.push((series.to_owned(), value.parse().unwrap_or_else(|_| panic!("not a number: {line}"))));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        assert!(value.is_finite() && value >= 0.0, "{line}");
+        samples.push((series.to_owned(), value as u64));
     }
     samples
 }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
+use rustls_pki_types::pem::{self as pki_pem, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -114,16 +116,17 @@ impl Identity {
     /// caller adds where in the policy they were named.
     pub fn load(chain_path: &Path, key_path: &Path) -> Result<Identity, String> {
         let chain_pem = std::fs::read(chain_path).map_err(|e| format!("cannot read {}: {e}", chain_path.display()))?;
-        let chain = rustls_pemfile::certs(&mut chain_pem.as_slice())
+        let chain = CertificateDer::pem_slice_iter(&chain_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("bad PEM in {}: {e}", chain_path.display()))?;
         if chain.is_empty() {
             return Err(format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", chain_path.display()));
         }
         let key_pem = std::fs::read(key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| format!("bad PEM in {}: {e}", key_path.display()))?
-            .ok_or_else(|| format!("{} holds no PEM private key", key_path.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            pki_pem::Error::NoItemsFound => format!("{} holds no PEM private key", key_path.display()),
+            e => format!("bad PEM in {}: {e}", key_path.display()),
+        })?;
         Identity::from_der(chain, key)
     }
 
