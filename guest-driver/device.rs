@@ -23,7 +23,7 @@
 use crate::flow::{Received, SocketFlow};
 use crate::net::code;
 use crate::sync::{self, Global, Guard, Installed};
-use crate::virtio::{Packet, Queues, VirtioDevice};
+use crate::virtio::{Packet, Queues, VirtioDevice, Virtqueue};
 use crate::wire;
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::prelude::*;
@@ -170,6 +170,35 @@ fn keep_for_reuse(free: &mut KVec<Option<KBox<Packet>>>, packet: KBox<Packet>) {
             let _ = free.push(Some(packet), GFP_KERNEL);
         }
     }
+}
+
+/// Hands every buffer the device returned on `queue` to `handle` (with the
+/// bytes the device wrote, within the buffer), posts it again and tells
+/// the device. True if there were any: then waiters are woken, since what
+/// came may be another socket's than the one whose caller collected it
+/// (its pollers were woken by the interrupt and may have looked too early).
+fn recycle(queue: &mut Virtqueue, mut handle: impl FnMut(&Packet, usize)) -> bool {
+    let mut any = false;
+    while let Some((packet, len)) = queue.take_used() {
+        handle(&packet, len.min(packet.bytes.len()));
+        // A ring cannot be too full for a buffer it just gave back.
+        let _ = queue.add(packet);
+        any = true;
+    }
+    if any {
+        queue.kick();
+        WAITERS.wake_all();
+    }
+    any
+}
+
+/// The entry of a socket of the current generation, by the id the device
+/// named (events and data name no generation: they are the current one's).
+fn socket_of(sockets: &mut KVec<SocketEntry>, key: SocketKey) -> Option<&mut SocketEntry> {
+    if key.id == 0 {
+        return None;
+    }
+    sockets.iter_mut().find(|entry| entry.key == key)
 }
 
 /// The bound device, as the socket layer reaches it.
@@ -380,10 +409,7 @@ impl Device {
 
     /// The driver's entry for one of its sockets.
     pub(crate) fn entry(&mut self, key: SocketKey) -> Option<&mut SocketEntry> {
-        if key.id == 0 {
-            return None;
-        }
-        self.sockets.iter_mut().find(|entry| entry.key == key)
+        socket_of(&mut self.sockets, key)
     }
 
     /// The entry of an open socket for a call on it: ECONNRESET for a
@@ -450,54 +476,35 @@ impl Device {
     /// Takes the events the device returned and posts their buffers again.
     fn collect_events(&mut self) {
         let Some(queues) = self.queues.as_mut() else { return };
-        let mut reposted = false;
-        while let Some((packet, len)) = queues.event.take_used() {
-            if len >= wire::Event::SIZE {
-                if let Some(event) = wire::Event::decode(&packet.bytes) {
-                    let key = SocketKey { id: event.socket_id, generation: self.generation };
-                    if let Some(entry) = self.sockets.iter_mut().find(|entry| entry.key == key && key.id != 0) {
-                        entry.flow.on_event(&event);
-                    }
-                }
+        let (sockets, generation) = (&mut self.sockets, self.generation);
+        let any = recycle(&mut queues.event, |packet, len| {
+            let Some(event) = wire::Event::decode(&packet.bytes[..len]) else { return };
+            if let Some(entry) = socket_of(sockets, SocketKey { id: event.socket_id, generation }) {
+                entry.flow.on_event(&event);
             }
-            // A full ring cannot refuse a buffer it just gave back.
-            let _ = queues.event.add(packet);
-            reposted = true;
-        }
-        if reposted {
+        });
+        if any {
             self.heard_ns = sync::now_ns();
-            queues.event.kick();
-            // The event may be another socket's: its pollers were woken by
-            // the interrupt, may have looked too early, and look again.
-            WAITERS.wake_all();
         }
     }
 
     /// Takes received data and credit updates (spec 2.8).
     fn collect_rx(&mut self) {
         let Some(queues) = self.queues.as_mut() else { return };
-        let mut reposted = false;
-        while let Some((packet, len)) = queues.rx.take_used() {
-            let used = len.min(packet.bytes.len());
-            if let Some(header) = wire::DataHeader::decode(&packet.bytes[..used]) {
-                let key = SocketKey { id: header.socket_id, generation: self.generation };
-                if let Some(entry) = self.sockets.iter_mut().find(|entry| entry.key == key && key.id != 0) {
-                    if entry.flow.on_packet(&header) == Received::Data {
-                        let payload_len = (header.len as usize).min(used - wire::DataHeader::SIZE);
-                        let start = wire::DataHeader::SIZE;
-                        if entry.rx.extend_from_slice(&packet.bytes[start..start + payload_len], GFP_KERNEL).is_err() {
-                            entry.flow.error.get_or_insert(code::ENOMEM.status());
-                        }
-                    }
+        let (sockets, generation) = (&mut self.sockets, self.generation);
+        let any = recycle(&mut queues.rx, |packet, len| {
+            let Some(header) = wire::DataHeader::decode(&packet.bytes[..len]) else { return };
+            let Some(entry) = socket_of(sockets, SocketKey { id: header.socket_id, generation }) else { return };
+            if entry.flow.on_packet(&header) == Received::Data {
+                let start = wire::DataHeader::SIZE;
+                let payload_len = (header.len as usize).min(len - start);
+                if entry.rx.extend_from_slice(&packet.bytes[start..start + payload_len], GFP_KERNEL).is_err() {
+                    entry.flow.error.get_or_insert(code::ENOMEM.status());
                 }
             }
-            let _ = queues.rx.add(packet);
-            reposted = true;
-        }
-        if reposted {
+        });
+        if any {
             self.heard_ns = sync::now_ns();
-            queues.rx.kick();
-            WAITERS.wake_all();
         }
     }
 
