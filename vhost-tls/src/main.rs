@@ -55,7 +55,7 @@ struct ServeArgs {
     /// The VM's policy file (TOML).
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Data queue pairs (QEMU's num_vqs is 2 + 2 x this).
+    /// Data queue pairs (the same as vhost-user-tls-pci's queue-pairs; 2 + 2 x this virtqueues).
     #[arg(long, default_value_t = 1)]
     queue_pairs: u16,
     /// Microseconds the worker keeps polling sockets and queues after
