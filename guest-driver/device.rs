@@ -164,6 +164,11 @@ fn next_generation() -> u32 {
 /// Keeps a transmit packet for the next send. Only an optimisation:
 /// without room for it, it is freed.
 fn keep_for_reuse(free: &mut KVec<Option<KBox<Packet>>>, packet: KBox<Packet>) {
+    // A header-only credit packet (send_credit past the bound) cannot
+    // carry data: it is freed.
+    if packet.bytes.len() < wire::DataHeader::SIZE + TX_PAYLOAD {
+        return;
+    }
     match free.iter_mut().find(|slot| slot.is_none()) {
         Some(slot) => *slot = Some(packet),
         None => {
@@ -585,12 +590,16 @@ impl Device {
     }
 
     /// Sends a packet without payload (CREDIT_UPDATE): our credit to the
-    /// device. Without a free packet now, the next one carries it.
+    /// device. It must go even when TX_IN_FLIGHT data packets are out: a
+    /// device that does not hear of freed room (or, for an accepted
+    /// socket, of our buffer at all) sends nothing more, and a reader would
+    /// wait forever. So it takes a fresh packet past the bound if need be.
     pub(crate) fn send_credit(&mut self, key: SocketKey) -> Result {
-        match self.tx_packet()? {
-            Some(packet) => self.post(key, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, packet, 0),
-            None => Ok(()),
-        }
+        let packet = match self.tx_packet()? {
+            Some(packet) => packet,
+            None => Packet::new(wire::DataHeader::SIZE, wire::DataHeader::SIZE)?,
+        };
+        self.post(key, wire::VIRTIO_TLS_DATA_OP_CREDIT_UPDATE, packet, 0)
     }
 
     /// One control request and its response, under the driver lock. A
