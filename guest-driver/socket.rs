@@ -34,6 +34,8 @@ const RECV_CHUNK: usize = 64 * 1024;
 /// While a caller waits for the network, the device is asked whether it
 /// is still there after this many short waits (a few seconds).
 const PROBE_EVERY: u32 = 1_000;
+/// connect() asks four times as often.
+const CONNECT_PROBE_EVERY: u32 = PROBE_EVERY / 4;
 
 const EPOLLIN: u32 = 0x1;
 const EPOLLOUT: u32 = 0x4;
@@ -48,10 +50,11 @@ fn bound(guard: &mut DeviceGuard) -> Result<&mut device::Device> {
     Ok(guard.device().ok_or(code::ECONNRESET)?)
 }
 
-/// Waits a little for the device (data, credit, an event), probing it now
-/// and then so that a lost backend ends the wait.
-fn wait_for_device(socket: SocketKey, waits: u32, max_us: u64) {
-    if waits % PROBE_EVERY == 0 {
+/// Waits a little for the device (data, credit, an event), asking it
+/// first whether it is still there every `probe_every` waits, so that a
+/// lost backend ends the wait.
+fn wait_for_device(socket: SocketKey, waits: u32, probe_every: u32, max_us: u64) {
+    if waits % probe_every == 0 {
         device::probe_device(socket);
     }
     WAITERS.wait(max_us);
@@ -226,8 +229,8 @@ pub(crate) fn connect(socket: &mut Socket<'_>, address: &[u8], flags: i32) -> Re
             // CONNECT_DONE comes as an event, whose interrupt ends the
             // wait; the timeouts only bound a missed wake-up. Handshakes on
             // loopback take a few milliseconds: short waits during those.
-            None if waits < 200 => wait_for_device(key, waits * 4, 50),
-            None => wait_for_device(key, waits * 4, 1000),
+            None if waits < 200 => wait_for_device(key, waits, CONNECT_PROBE_EVERY, 50),
+            None => wait_for_device(key, waits, CONNECT_PROBE_EVERY, 1000),
         }
     }
     Err(code::ETIMEDOUT.into())
@@ -333,7 +336,7 @@ pub(crate) fn send(socket: &mut Socket<'_>, data: &mut MsgIter<'_>, total: usize
                 return partial(sent, EINTR);
             }
             waits += 1;
-            socket_lock.released(|| wait_for_device(key, waits, 500));
+            socket_lock.released(|| wait_for_device(key, waits, PROBE_EVERY, 500));
             continue;
         };
         let payload = &mut packet.bytes[wire::DataHeader::SIZE..wire::DataHeader::SIZE + room];
@@ -399,7 +402,7 @@ pub(crate) fn receive(socket: &mut Socket<'_>, data: &mut MsgIter<'_>, total: us
             return Err(EINTR);
         }
         waits += 1;
-        socket_lock.released(|| wait_for_device(key, waits, 500));
+        socket_lock.released(|| wait_for_device(key, waits, PROBE_EVERY, 500));
     }
     let copied = data.copy_to(&bytes);
     if copied == 0 {
@@ -550,7 +553,7 @@ pub(crate) fn accept(listener: &mut Socket<'_>, newsock: &mut Socket<'_>, flags:
                 break;
             }
             waits += 1;
-            wait_for_device(listener_key, waits, 500);
+            wait_for_device(listener_key, waits, PROBE_EVERY, 500);
         }
     };
     let mut sk = match crate::net::new_accepted(&listener_sk, newsock, kern) {
